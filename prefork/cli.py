@@ -1,0 +1,123 @@
+"""The ``prefork`` command. The only place that turns errors into exit statuses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from . import settings as settings_mod
+from .errors import EXIT_USAGE, PreforkError
+from .importer import add_to_path
+from .log import Log
+from .settings import ConfigError, Settings
+
+EXAMPLES_HINT = (
+    "Missing APP: the handler to serve, as module:attribute.\n"
+    "Try a built-in example:\n"
+    "  prefork run prefork.examples:echo     (echoes every byte back)\n"
+    "  prefork run prefork.examples:hello    (answers HTTP with Hello, World!)"
+)
+
+
+def _validator(name: str, meta: settings_mod.Meta) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def validate(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or (meta.multiple and not value):
+            return None
+        try:
+            return meta.parse(list(value) if meta.multiple else value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return validate
+
+
+def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one click option per declared setting (the declaration is in settings.py)."""
+    for f, meta in reversed(list(settings_mod.declared())):
+        if not meta.cli:
+            continue
+        long = "--" + f.name.replace("_", "-")
+        decls = [long] if not meta.short else [meta.short, long]
+        if meta.flag:
+            decls = [f"{long}/--no-{long[2:]}"]
+        help_text = f"{meta.help} [default: {settings_mod.default_text(f, meta)}; env PREFORK_{f.name.upper()}]"
+        command = click.option(
+            *decls, f.name, default=None, multiple=meta.multiple, metavar=meta.metavar or None,
+            help=help_text, callback=_validator(f.name, meta), expose_value=True,
+        )(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="prefork")
+def main() -> None:
+    """A preforking server for any TCP or Unix-socket protocol."""
+
+
+@main.command()
+@click.argument("app", required=False)
+@setting_options
+def run(app: str | None, **options: Any) -> None:
+    """Serve APP (module:handler or module:factory()) with preforked workers.
+
+    handler(conn, addr) is called in a worker once per accepted connection.
+    """
+    from .master import Master  # after the CLI is parsed: keeps --help fast
+
+    cli_values = {name: value for name, value in options.items() if value is not None}
+    if app is not None:
+        cli_values["app"] = _parse_app(app)
+    environ = dict(os.environ)
+    try:
+        settings, _ = settings_mod.load(cli_values, environ)
+        if not settings.app:
+            raise click.UsageError(EXAMPLES_HINT)
+        prepare_process(settings)
+        log = open_log(settings)
+        master = Master(settings, log, reload_settings=lambda: settings_mod.load(cli_values, environ)[0])
+        status = master.run()
+    except PreforkError as exc:
+        fail(exc, exc.exit_status)
+    except KeyboardInterrupt:
+        status = 0
+    sys.exit(status)
+
+
+def _parse_app(app: str) -> str:
+    try:
+        return settings_mod.app_spec(app) or ""
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="APP") from None
+
+
+def prepare_process(settings: Settings) -> None:
+    """chdir and sys.path, before anything imports application code."""
+    if settings.chdir:
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            raise ConfigError(f"chdir: cannot change to {settings.chdir!r}: {exc.strerror}") from None
+    # Console scripts do not put the current directory on sys.path; APP lives there.
+    add_to_path(os.getcwd())
+
+
+def open_log(settings: Settings) -> Log:
+    try:
+        return Log(settings.log_level, settings.log_file)
+    except OSError as exc:
+        raise ConfigError(f"log_file: cannot open {settings.log_file!r}: {exc.strerror}") from None
+
+
+def fail(exc: BaseException, status: int) -> None:
+    """One line on stderr, the traceback only when it explains the cause."""
+    if getattr(exc, "show_traceback", False) and exc.__cause__ is not None:
+        import traceback
+
+        traceback.print_exception(exc.__cause__, file=sys.stderr)
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(status if status else EXIT_USAGE)

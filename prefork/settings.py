@@ -1,0 +1,286 @@
+"""The one declaration of prefork's settings.
+
+Each field of :class:`Settings` carries its name, type, default, help and
+validation. The command-line options, the ``PREFORK_*`` environment variables,
+the TOML file keys and the README's reference are all generated from it.
+Precedence: command line > environment > config file > defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .sockets import Address, parse_address
+
+ENV_PREFIX = "PREFORK_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+Parser = Callable[[object], Any]
+
+
+@dataclass(frozen=True)
+class Meta:
+    """How one setting is spelt, parsed and documented."""
+
+    help: str
+    parse: Parser
+    metavar: str = ""
+    short: str = ""
+    flag: bool = False  # a boolean switch on the command line
+    multiple: bool = False  # repeatable on the command line; a list in TOML; commas in env
+    cli: bool = True  # False for the APP argument, which is positional
+    shown_default: str = ""  # for defaults computed at run time (the CPU count)
+
+
+def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
+    """Declare a field of :class:`Settings` with its :class:`Meta`."""
+    md = {"meta": Meta(**meta)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=md)
+    return dataclasses.field(default=default, metadata=md)
+
+
+# --- parsers: each takes a value from any source (str from CLI/env, native from TOML) ---
+
+
+def integer(minimum: int) -> Parser:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{value!r} is not an integer")
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ConfigError(f"{value!r} is not an integer (expected an integer >= {minimum})")
+        if value < minimum:
+            raise ConfigError(f"{value!r} is too small (expected an integer >= {minimum})")
+        return value
+
+    return parse
+
+
+def seconds(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{value!r} is not a number of seconds")
+    if value < 0:
+        raise ConfigError(f"{value!r} is negative (expected seconds >= 0)")
+    return float(value)
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{value!r} is not a boolean (expected true or false)")
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a string")
+    return value
+
+
+def optional_text(value: object) -> str | None:
+    return text(value) or None
+
+
+def log_level(value: object) -> str:
+    level = text(value).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{value!r} is not a log level (expected one of {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def _items(value: object) -> list[object]:
+    if isinstance(value, str):
+        return [part for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ConfigError(f"{value!r} is not a list")
+
+
+def bind_list(value: object) -> tuple[Address, ...]:
+    addresses = tuple(parse_address(text(item)) for item in _items(value))
+    if not addresses:
+        raise ConfigError("no address given (expected at least one)")
+    return addresses
+
+
+def app_spec(value: object) -> str | None:
+    spec = text(value).strip()
+    if not spec:
+        return None
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"{spec!r} is not of the form module:attribute")
+    return spec
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a running server; immutable, replaced whole on reload."""
+
+    app: str | None = setting(
+        None, help="The handler to serve, as module:attribute or module:factory().",
+        parse=app_spec, metavar="APP", cli=False,
+    )
+    config: str | None = setting(
+        None, help="Read settings from this TOML file (re-read on HUP).",
+        parse=optional_text, metavar="FILE", short="-c",
+    )
+    workers: int = setting(
+        factory=lambda: os.cpu_count() or 1, help="Number of worker processes.",
+        parse=integer(1), metavar="N", short="-w", shown_default="number of CPUs",
+    )
+    bind: tuple[Address, ...] = setting(
+        (parse_address("127.0.0.1:8000"),),
+        help="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable).",
+        parse=bind_list, metavar="ADDR", short="-b", multiple=True,
+    )
+    backlog: int = setting(2048, help="The listen() queue length.", parse=integer(1), metavar="N")
+    reuse_port: bool = setting(
+        False, help="Set SO_REUSEPORT: one listening socket per worker slot, balanced by the kernel.",
+        parse=boolean, flag=True,
+    )
+    pid: str | None = setting(
+        None, help="Write the master's pid to FILE (atomically); removed at exit.",
+        parse=optional_text, metavar="FILE",
+    )
+    graceful_timeout: float = setting(
+        30.0, help="Seconds a graceful stop waits for busy workers before killing them.",
+        parse=seconds, metavar="SECONDS",
+    )
+    timeout: float = setting(
+        30.0, help="Kill and replace a worker busy on one connection longer than this (0 = off).",
+        parse=seconds, metavar="SECONDS",
+    )
+    max_requests: int = setting(
+        0, help="Recycle a worker after it has served this many connections (0 = never).",
+        parse=integer(0), metavar="N",
+    )
+    max_requests_jitter: int = setting(
+        0, help="Add random(0..J) to --max-requests so workers do not recycle together.",
+        parse=integer(0), metavar="J",
+    )
+    max_worker_memory: int = setting(
+        0, help="Recycle a worker whose memory (USS, else RSS) exceeds this many MB (0 = off).",
+        parse=integer(0), metavar="MB",
+    )
+    log_level: str = setting("info", help="debug, info, warning, error or critical.", parse=log_level, metavar="LEVEL")
+    log_file: str | None = setting(
+        None, help="Log to FILE instead of stderr; reopened on USR1.", parse=optional_text, metavar="FILE",
+    )
+    name: str | None = setting(
+        None, help="The name shown in process titles (default: the APP string).",
+        parse=optional_text, metavar="NAME",
+    )
+    chdir: str | None = setting(
+        None, help="Change to DIR before loading the app, and put DIR on sys.path.",
+        parse=optional_text, metavar="DIR",
+    )
+
+    @property
+    def proc_name(self) -> str:
+        return self.name or self.app or "prefork"
+
+
+def declared() -> Iterator[tuple[dataclasses.Field[Any], Meta]]:
+    """Each setting's field and metadata, in declaration order."""
+    for f in dataclasses.fields(Settings):
+        yield f, f.metadata["meta"]
+
+
+def _names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings)]
+
+
+def default_text(f: dataclasses.Field[Any], meta: Meta) -> str:
+    """The default as a person reads it (docs and --help)."""
+    if meta.shown_default:
+        return meta.shown_default
+    value = f.default
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _names(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def _parse(name: str, value: object, where: str) -> Any:
+    meta: Meta = Settings.__dataclass_fields__[name].metadata["meta"]
+    try:
+        return meta.parse(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Parse a TOML config file into setting values, naming the file on any error."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in Settings.__dataclass_fields__ or key == "config":
+            raise _unknown(key, path)
+        values[key] = _parse(key, value, path)
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Setting values from ``PREFORK_<NAME>`` variables; unknown ones are errors."""
+    values: dict[str, Any] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        key = var[len(ENV_PREFIX) :].lower()
+        if key not in Settings.__dataclass_fields__:
+            raise _unknown(key, f"environment variable {var}")
+        values[key] = _parse(key, value, f"environment variable {var}")
+    return values
+
+
+def load(cli: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:
+    """Build the Settings from defaults < file < env < CLI, and where each value came from.
+
+    ``cli`` holds only the options given on the command line, already parsed.
+    """
+    env = read_environment(environ)
+    config_path = cli.get("config") or env.get("config")
+    from_file = read_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {name: "default" for name in _names()}
+    for source, layer in ((f"file {config_path}", from_file), ("env", env), ("command line", cli)):
+        for key, value in layer.items():
+            values[key] = value
+            origin[key] = source
+    return Settings(**values), origin

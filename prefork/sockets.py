@@ -1,0 +1,212 @@
+"""Bind addresses and the listening sockets made from them.
+
+The master creates (or inherits) every listener before forking; workers only
+ever ``accept()`` on them. Nothing here touches a connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+
+from .errors import BindError, ConfigError
+
+BIND_FORMS = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
+
+
+@dataclass(frozen=True)
+class Address:
+    """One parsed ``--bind`` value."""
+
+    kind: str  # "tcp", "unix" or "fd"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse one bind address, raising :class:`ConfigError` naming the form expected."""
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path:
+            raise ConfigError(f"{text!r} has no path (expected unix:PATH)")
+        return Address("unix", path=path)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not number.isdigit():
+            raise ConfigError(f"{text!r} is not a descriptor number (expected fd://N)")
+        return Address("fd", fd=int(number))
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"{text!r} is not a bind address (expected {BIND_FORMS})")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ConfigError(f"{text!r} is not a bind address (expected {BIND_FORMS})")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"{text!r} has no valid port (expected a number 0-65535)")
+    return Address("tcp", host=host, port=int(port_text))
+
+
+@dataclass
+class Listener:
+    """A listening socket held by the master and inherited by every worker."""
+
+    sock: socket.socket
+    address: Address
+    name: str
+    # False for descriptors we inherited (fd://, systemd): their owner unlinks and closes them.
+    owned: bool = True
+    unlinked: bool = field(default=False, repr=False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def unlink(self) -> None:
+        """Remove our unix socket file so that new clients are refused at once."""
+        if self.owned and self.address.kind == "unix" and not self.unlinked:
+            self.unlinked = True
+            try:
+                os.unlink(self.address.path)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        self.unlink()
+        self.sock.close()
+
+
+def create_listener(address: Address, backlog: int, reuse_port: bool = False) -> Listener:
+    """Create, bind and listen; raise :class:`BindError` with the address and OS error."""
+    if address.kind == "fd":
+        return inherit_listener(address.fd, str(address))
+    if address.kind == "unix":
+        return _create_unix(address, backlog)
+    return _create_tcp(address, backlog, reuse_port)
+
+
+def _create_tcp(address: Address, backlog: int, reuse_port: bool) -> Listener:
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise BindError(f"cannot resolve {address}: {exc.strerror}") from None
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # [::]:80 and 0.0.0.0:80 may then be bound side by side, as a person expects.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {address}: {os.strerror(exc.errno or 0)}") from None
+    host, port = sock.getsockname()[:2]
+    bound = Address("tcp", host=host, port=port)
+    return Listener(sock, address, str(bound))
+
+
+def _create_unix(address: Address, backlog: int) -> Listener:
+    path = address.path
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {address}: {os.strerror(exc.errno or 0)}") from None
+    return Listener(sock, address, str(address))
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file left by a dead server; refuse to steal a live one."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BindError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise BindError(f"cannot listen on unix:{path}: the file exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise BindError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+        os.unlink(path)  # nobody listens: a stale file from a server that died
+        return
+    finally:
+        probe.close()
+    raise BindError(f"cannot listen on unix:{path}: another server is listening on it")
+
+
+def inherit_listener(fd: int, name: str) -> Listener:
+    """Wrap an already-listening descriptor handed to us (fd://N, systemd, upgrade)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise BindError(f"cannot use {name}: {exc.strerror}") from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise BindError(f"cannot use {name}: descriptor {fd} is not a listening stream socket")
+    os.set_inheritable(fd, True)
+    if sock.family == socket.AF_UNIX:
+        address = Address("unix", path=str(sock.getsockname()))
+    else:
+        host, port = sock.getsockname()[:2]
+        address = Address("tcp", host=host, port=port)
+    return Listener(sock, address, f"{name} ({address})", owned=False)
+
+
+def open_listeners(addresses: tuple[Address, ...], backlog: int, reuse_port: bool) -> list[Listener]:
+    """Open every bind address, closing the ones already opened if one fails."""
+    listeners: list[Listener] = []
+    try:
+        for address in addresses:
+            listeners.append(create_listener(address, backlog, reuse_port))
+    except BindError:
+        for listener in listeners:
+            listener.close()
+        raise
+    set_blocking_mode(listeners)
+    return listeners
+
+
+def set_blocking_mode(listeners: list[Listener]) -> None:
+    """Choose how workers wait, once, in the master.
+
+    O_NONBLOCK lives on the open file description shared by every process that
+    inherited the socket, so it must be decided here and never in a worker. One
+    listener: blocking accept(), the kernel wakes exactly one idle worker. Several:
+    non-blocking, workers wait in epoll and try each one.
+    """
+    blocking = len(listeners) == 1
+    for listener in listeners:
+        listener.sock.setblocking(blocking)

@@ -1,0 +1,342 @@
+"""A worker's whole life: boot, wait in accept(), serve one connection at a time, stop.
+
+A worker is forked by the master with the listening sockets already open. It
+never returns into the master's code: :meth:`Worker.run` always leaves through
+``os._exit`` with one of the statuses in ``errors.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import faulthandler
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from . import proctitle
+from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError
+from .importer import Handler, import_app
+from .log import Log
+from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
+from .settings import Settings
+from .sockets import Listener
+
+log = logging.getLogger("prefork")
+
+# Messages a worker writes to the master's event pipe: (pid, event). Eight bytes
+# is far below PIPE_BUF, so concurrent writers never interleave.
+EVENT = struct.Struct("=ii")
+EVENT_BOOTED = 1
+EVENT_RETIRE = 2  # served --max-requests: please start my replacement, then stop me
+
+# accept() errors that concern one connection or a passing shortage, not the listener.
+TRANSIENT_ACCEPT_ERRORS = {
+    errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EMFILE,
+    errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ENETDOWN,
+}
+PR_SET_PDEATHSIG = 1
+
+
+class StopServing(BaseException):
+    """Raised by the TERM handler to leave a blocking accept() (PEP 475 would retry it).
+
+    A BaseException so that no ``except Exception`` can swallow it.
+    """
+
+
+def format_peer(addr: Any) -> str:
+    """``host:port`` for TCP peers, ``unix`` for unnamed unix peers."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = addr[0]
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return f"unix:{addr}" if addr else "unix"
+
+
+class Worker:
+    """One worker process, from just after fork() to os._exit()."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        listeners: list[Listener],
+        scoreboard: Scoreboard,
+        slot_number: int,
+        index: int,
+        generation: int,
+        master_pid: int,
+        events_fd: int,
+        log_: Log,
+        handler: Handler | None,
+        close_fds: list[int],
+    ) -> None:
+        self.settings = settings
+        self.listeners = listeners
+        self.scoreboard = scoreboard
+        self.slot: Slot = scoreboard.slots[slot_number]
+        self.index = index
+        self.generation = generation
+        self.master_pid = master_pid
+        self.events_fd = events_fd
+        self.log = log_
+        self.handler = handler
+        self.close_fds = close_fds
+        self.alive = True
+        self.idle = False  # True only while waiting for a connection: TERM may then raise
+        self.reopen_logs = False
+        self.retire_at = 0
+        if settings.max_requests:
+            self.retire_at = settings.max_requests + random.randint(0, settings.max_requests_jitter)
+        self.retire_requested = False
+
+    # --- life ---
+
+    def run(self) -> NoReturn:
+        """Boot, serve until told to stop, then leave the process (never returns)."""
+        status = WORKER_EXIT_ERROR
+        try:
+            status = self.boot_and_serve()
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR
+        except BaseException:
+            log.exception("worker failed")
+        finally:
+            os._exit(status)
+
+    def boot_and_serve(self) -> int:
+        self.setup_process()
+        try:
+            handler = self.handler or import_app(self.settings.app or "")
+        except AppImportError as exc:
+            show = exc.show_traceback or log.isEnabledFor(logging.DEBUG)
+            log.error("%s", exc, exc_info=exc.__cause__ if show and exc.__cause__ else None)
+            return WORKER_EXIT_APP
+        except Exception:
+            log.exception("worker boot failed")
+            return WORKER_EXIT_BOOT
+        self.known_fds = set(_open_fds())
+        self.slot.state = IDLE
+        self.tell_master(EVENT_BOOTED)
+        log.debug("booted")
+        if len(self.listeners) == 1:
+            self.accept_loop_single(handler)
+        else:
+            self.accept_loop_multi(handler)
+        if self.scoreboard.header.shutting_down:
+            self.drain(handler)
+        return WORKER_EXIT_OK
+
+    def setup_process(self) -> None:
+        """Signals, parent-death signal, title, faulthandler; runs first after fork."""
+        signal.set_wakeup_fd(-1)
+        for fd in self.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        signal.signal(signal.SIGTERM, self.handle_term)
+        signal.signal(signal.SIGINT, self.handle_quit)
+        signal.signal(signal.SIGQUIT, self.handle_quit)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        # Sent to the master; a worker that gets them through its process group ignores them
+        # (TTIN/TTOU would otherwise stop the process).
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2, signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != self.master_pid:  # the master died before prctl took effect
+            os._exit(WORKER_EXIT_OK)
+        self.log.set_role(f"worker {self.index} gen {self.generation}")
+        proctitle.set_title(f"worker [{self.settings.proc_name}] #{self.index} gen {self.generation}")
+        faulthandler.enable(file=self.log.stream_fileno(), all_threads=True)
+        self.slot.pid = os.getpid()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+    # --- waiting for connections ---
+
+    def accept_loop_single(self, handler: Handler) -> None:
+        """Block in accept() itself: the kernel wakes exactly one idle worker per connection."""
+        listener = self.listeners[0].sock
+        accept: Callable[[], tuple[int, Any]] = listener._accept  # type: ignore[attr-defined]
+        try:
+            while True:
+                self.idle = True
+                if not self.alive:
+                    break
+                try:
+                    fd, addr = accept()
+                except OSError as exc:
+                    self.idle = False
+                    self.accept_failed(exc)
+                    continue
+                self.idle = False
+                self.serve(handler, _wrap(listener, fd), addr)
+        except StopServing:
+            self.idle = False
+            self.serve_orphan(handler)
+
+    def accept_loop_multi(self, handler: Handler) -> None:
+        """Wait on several listeners; EPOLLEXCLUSIVE wakes one idle worker per connection."""
+        by_fd = {listener.fileno(): listener.sock for listener in self.listeners}
+        poller = select.epoll()
+        for fd in by_fd:
+            poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        try:
+            while True:
+                self.idle = True
+                if not self.alive:
+                    break
+                ready = poller.poll()
+                self.idle = False
+                for fd, _ in ready:
+                    self.accept_one(handler, by_fd[fd])
+        except StopServing:
+            self.idle = False
+        finally:
+            poller.close()
+
+    def accept_one(self, handler: Handler, listener: socket.socket) -> bool:
+        """One non-blocking accept and serve; False when nothing was waiting."""
+        try:
+            fd, addr = listener._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.accept_failed(exc)
+            return True
+        self.serve(handler, _wrap(listener, fd), addr)
+        return True
+
+    def accept_failed(self, exc: OSError) -> None:
+        if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
+            raise exc
+        log.warning("accept() failed: %s", os.strerror(exc.errno or 0))
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            time.sleep(0.1)  # out of resources: let other workers take the queued connection
+
+    def drain(self, handler: Handler) -> None:
+        """On shutdown, serve what the kernel already queued instead of letting close() reset it."""
+        for listener in self.listeners:
+            while self.accept_one(handler, listener.sock):
+                pass
+
+    def serve_orphan(self, handler: Handler) -> None:
+        """Serve a connection accept() returned just as TERM raised, if there is one.
+
+        The signal handler can run after the accept system call has returned but
+        before its descriptor reached a variable; the descriptor then sits open
+        and unnamed. Find it among our open descriptors (a connected socket whose
+        local address is one of our listeners') and serve it rather than drop it.
+        """
+        wanted = {_local_key(listener.sock) for listener in self.listeners}
+        for fd in _open_fds():
+            if fd in self.known_fds:
+                continue
+            try:
+                probe = socket.socket(fileno=fd)
+            except OSError:
+                continue
+            try:
+                if probe.type != socket.SOCK_STREAM or _local_key(probe) not in wanted:
+                    continue
+                if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                addr = probe.getpeername()
+            except OSError:
+                continue
+            finally:
+                family, type_, proto = probe.family, probe.type, probe.proto
+                probe.detach()
+            log.debug("serving connection accepted as the stop signal came, fd %d", fd)
+            self.serve(handler, socket.socket(family, type_, proto, fileno=fd), addr)
+
+    # --- serving ---
+
+    def serve(self, handler: Handler, conn: socket.socket, addr: Any) -> None:
+        """Run the handler on one connection, then close it whatever happened."""
+        slot = self.slot
+        slot.begin(format_peer(addr))
+        try:
+            handler(conn, addr)
+        except Exception:
+            log.exception("handler failed on connection from %s", format_peer(addr))
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            slot.end()
+        if self.reopen_logs:
+            self.reopen_logs = False
+            self.reopen()
+        if self.retire_at and slot.requests >= self.retire_at and not self.retire_requested:
+            self.retire_requested = True
+            log.info("served %d connections (--max-requests), asking to be replaced", slot.requests)
+            self.tell_master(EVENT_RETIRE)
+
+    def tell_master(self, event: int) -> None:
+        try:
+            os.write(self.events_fd, EVENT.pack(os.getpid(), event))
+        except OSError:
+            pass  # the master is gone; the parent-death signal ends us
+
+    def reopen(self) -> None:
+        self.log.reopen()
+        faulthandler.enable(file=self.log.stream_fileno(), all_threads=True)
+
+    # --- signal handlers: record, and raise only to leave an idle wait ---
+
+    def handle_term(self, signum: int, frame: Any) -> None:
+        """Graceful stop: finish the current connection; leave at once if idle."""
+        self.alive = False
+        self.slot.state = STOPPING
+        if self.idle:
+            raise StopServing
+
+    def handle_quit(self, signum: int, frame: Any) -> None:
+        """Fast stop: leave now, whatever the worker is doing."""
+        os._exit(WORKER_EXIT_OK)
+
+    def handle_usr1(self, signum: int, frame: Any) -> None:
+        """Reopen log files; now if idle (a safe point), else after the current connection."""
+        if self.idle:
+            self.reopen()
+        else:
+            self.reopen_logs = True
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send ``sig`` when the master dies, so no worker outlives it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the event pipe write fails once the master is gone
+
+
+def _wrap(listener: socket.socket, fd: int) -> socket.socket:
+    # Family, type and proto given, so no system call is spent asking the kernel.
+    return socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+
+
+def _local_key(sock: socket.socket) -> tuple[int, Any]:
+    """What an accepted socket shares with its listener: the family and port (or path)."""
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return (sock.family, name[1])
+    return (sock.family, name)
