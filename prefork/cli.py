@@ -11,10 +11,10 @@ import click
 
 from . import __version__
 from . import settings as settings_mod
-from .errors import EXIT_USAGE, PreforkError
+from .errors import EXIT_USAGE, ConfigError, PreforkError
 from .importer import add_to_path
 from .log import Log
-from .settings import ConfigError, Settings
+from .settings import Settings
 
 EXAMPLES_HINT = (
     "Missing APP: the handler to serve, as module:attribute.\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO
+from typing import Any
 
 LOGGER_NAME = "prefork"
 FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s: %(message)s"
@@ -34,12 +34,10 @@ class Log:
         self.logger.handlers[:] = [self.handler]
         self.logger.setLevel(level.upper())
 
-    def _make_handler(self) -> logging.StreamHandler[IO[str]]:
-        handler: logging.StreamHandler[IO[str]]
-        if self.path:
-            handler = logging.FileHandler(self.path, encoding="utf-8")  # type: ignore[assignment]
-        else:
-            handler = logging.StreamHandler(sys.stderr)
+    def _make_handler(self) -> logging.StreamHandler[Any]:
+        handler: logging.StreamHandler[Any] = (
+            logging.FileHandler(self.path, encoding="utf-8") if self.path else logging.StreamHandler(sys.stderr)
+        )
         handler.setFormatter(logging.Formatter(FORMAT))
         handler.addFilter(self.role)
         return handler
@@ -59,7 +57,7 @@ class Log:
 
     def stream_fileno(self) -> int:
         """The descriptor that faulthandler writes tracebacks to."""
-        return self.handler.stream.fileno()
+        return int(self.handler.stream.fileno())
 
 
 class _NullLock:
