@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AppImportError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 Handler = Callable[[Any, Any], None]
 
@@ -48,6 +51,11 @@ def import_app(spec: str) -> Handler:
     if not callable(obj):
         raise AppImportError(f"app {spec!r} is not callable (it is a {type(obj).__name__})")
     return obj  # type: ignore[no-any-return]
+
+
+def load_handler(settings: Settings) -> Handler:
+    """The callable a worker runs per connection, as the settings describe it."""
+    return import_app(settings.app or "")
 
 
 def add_to_path(directory: str) -> None:

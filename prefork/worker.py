@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from . import proctitle
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError
-from .importer import Handler, import_app
+from .importer import Handler, load_handler
 from .log import Log
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
@@ -114,7 +114,7 @@ class Worker:
     def boot_and_serve(self) -> int:
         self.setup_process()
         try:
-            handler = self.handler or import_app(self.settings.app or "")
+            handler = self.handler or load_handler(self.settings)
         except AppImportError as exc:
             show = exc.show_traceback or log.isEnabledFor(logging.DEBUG)
             log.error("%s", exc, exc_info=exc.__cause__ if show and exc.__cause__ else None)
