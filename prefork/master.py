@@ -8,6 +8,7 @@ through :attr:`Master.signal_table`, the whole signal policy on one screen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import selectors
@@ -26,7 +27,7 @@ from .log import Log
 from .pidfile import Pidfile
 from .scoreboard import BUSY, Scoreboard
 from .settings import Settings
-from .sockets import Listener, create_listener, open_listeners, set_blocking_mode
+from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
 log = logging.getLogger("prefork")
@@ -81,6 +82,7 @@ class Master:
         self.pending: int | None = None  # a generation on trial during a reload
         self.pending_settings: Settings | None = None
         self.shared: list[Listener] = []
+        self.inherited = False  # listeners came from LISTEN_FDS: --bind does not apply
         self.per_index: dict[int, list[Listener]] = {}  # --reuse-port: sockets owned by a worker slot
         self.scoreboard = Scoreboard(max(1024, settings.workers * 4))
         self.pidfile: Pidfile | None = None
@@ -126,7 +128,14 @@ class Master:
 
     def start(self) -> None:
         settings = self.settings
-        self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port)
+        inherited = listeners_from_environment(os.environ)
+        if inherited is not None:
+            # Socket activation or a binary upgrade: serve what we were given, whatever --bind says.
+            self.shared = inherited
+            self.inherited = True
+            self.settings = settings = dataclasses.replace(settings, bind=tuple(lst.address for lst in inherited))
+        else:
+            self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port)
         for listener in self.shared:
             log.info("listening on %s", listener.name)
         if settings.pid:
@@ -236,6 +245,8 @@ class Master:
 
     def apply_reload(self, new: Settings) -> None:
         """Start a new generation with ``new``; the old one serves until it has booted."""
+        if self.inherited:
+            new = dataclasses.replace(new, bind=self.settings.bind)
         if self.pending is not None:
             self.abandon_pending("superseded by a newer reload")
         try:

@@ -210,3 +210,32 @@ def set_blocking_mode(listeners: list[Listener]) -> None:
     blocking = len(listeners) == 1
     for listener in listeners:
         listener.sock.setblocking(blocking)
+
+
+SD_LISTEN_FDS_START = 3
+LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def listeners_from_environment(environ: dict[str, str] | os._Environ[str]) -> list[Listener] | None:
+    """Listeners handed to us by systemd socket activation or by the master we upgrade from.
+
+    Both follow systemd's convention: LISTEN_PID names us, LISTEN_FDS counts
+    descriptors from 3, LISTEN_FDNAMES names them. The variables are removed so
+    that workers and anything we exec do not take them for their own. None when
+    nothing was handed over.
+    """
+    pid, count, names = (environ.pop(var, None) for var in LISTEN_VARS)
+    if pid is None or count is None:
+        return None
+    if not pid.isdigit() or int(pid) != os.getpid():
+        return None  # meant for another process (our parent, say)
+    if not count.isdigit() or int(count) < 1:
+        raise BindError(f"LISTEN_FDS={count!r} is not a positive number of descriptors")
+    labels = names.split(":") if names else []
+    listeners = []
+    for offset in range(int(count)):
+        fd = SD_LISTEN_FDS_START + offset
+        label = labels[offset] if offset < len(labels) and labels[offset] else f"fd://{fd}"
+        listeners.append(inherit_listener(fd, label))
+    set_blocking_mode(listeners)
+    return listeners
