@@ -95,7 +95,7 @@ class Listener:
 def create_listener(address: Address, backlog: int, reuse_port: bool = False) -> Listener:
     """Create, bind and listen; raise :class:`BindError` with the address and OS error."""
     if address.kind == "fd":
-        return inherit_listener(address.fd, str(address))
+        return inherit_listener(address.fd, str(address), configured=address)
     if address.kind == "unix":
         return _create_unix(address, backlog)
     return _create_tcp(address, backlog, reuse_port)
@@ -163,8 +163,12 @@ def _remove_stale_socket(path: str) -> None:
     raise BindError(f"cannot listen on unix:{path}: another server is listening on it")
 
 
-def inherit_listener(fd: int, name: str) -> Listener:
-    """Wrap an already-listening descriptor handed to us (fd://N, systemd, upgrade)."""
+def inherit_listener(fd: int, name: str, configured: Address | None = None) -> Listener:
+    """Wrap an already-listening descriptor handed to us (fd://N, systemd, upgrade).
+
+    ``configured`` is the bind address that named it (fd://N), which is how the
+    master matches listeners to the bind list; else the socket's own address.
+    """
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
@@ -182,7 +186,7 @@ def inherit_listener(fd: int, name: str) -> Listener:
     else:
         host, port = sock.getsockname()[:2]
         address = Address("tcp", host=host, port=port)
-    return Listener(sock, address, f"{name} ({address})", owned=False)
+    return Listener(sock, configured or address, f"{name} ({address})", owned=False)
 
 
 def open_listeners(addresses: tuple[Address, ...], backlog: int, reuse_port: bool) -> list[Listener]:
