@@ -358,6 +358,7 @@ class Master:
                     slot_number=slot, index=index, generation=generation, master_pid=self.pid,
                     events_fd=self.events_w, log_=self.log, handler=self.preloaded,
                     close_fds=[self.wakeup_r, self.wakeup_w, self.events_r, self.selector.fileno()],
+                    foreign=[lst for lst in self.all_listeners() if lst not in listeners],
                 ).run()
             finally:
                 os._exit(1)

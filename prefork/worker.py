@@ -77,6 +77,7 @@ class Worker:
         log_: Log,
         handler: Handler | None,
         close_fds: list[int],
+        foreign: list[Listener],
     ) -> None:
         self.settings = settings
         self.listeners = listeners
@@ -89,6 +90,7 @@ class Worker:
         self.log = log_
         self.handler = handler
         self.close_fds = close_fds
+        self.foreign = foreign
         self.alive = True
         self.idle = False  # True only while waiting for a connection: TERM may then raise
         self.reopen_logs = False
@@ -142,6 +144,10 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
+        # Listeners that are not ours (removed binds, other slots' --reuse-port sockets):
+        # holding them open would keep a closed address accepting into a queue nobody serves.
+        for listener in self.foreign:
+            listener.sock.close()
         signal.signal(signal.SIGTERM, self.handle_term)
         signal.signal(signal.SIGINT, self.handle_quit)
         signal.signal(signal.SIGQUIT, self.handle_quit)
@@ -328,10 +334,19 @@ def _wrap(listener: socket.socket, fd: int) -> socket.socket:
 
 
 def _open_fds() -> list[int]:
+    """Our open descriptors (Linux), without the one listdir used to read them."""
     try:
-        return [int(name) for name in os.listdir("/proc/self/fd")]
+        listed = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return []
+    open_now = []
+    for fd in listed:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        open_now.append(fd)
+    return open_now
 
 
 def _local_key(sock: socket.socket) -> tuple[int, Any]:
