@@ -28,13 +28,14 @@ from .pidfile import Pidfile
 from .scoreboard import BUSY, Scoreboard
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
+from .upgrade import spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
 log = logging.getLogger("prefork")
 
 HANDLED_SIGNALS = (
     signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGTTIN,
-    signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD,
+    signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH,
 )
 MAX_BOOT_FAILURES = 5  # in a row, before any worker ever booted: give up with EXIT_BOOT
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
@@ -91,6 +92,8 @@ class Master:
         self.spawn_not_before = 0.0
         self.next_memory_check = 0.0
         self.stopping = ""  # "", "graceful" or "fast"
+        self.new_master: int | None = None  # pid of the master a USR2 upgrade started
+        self.replaces: int | None = None  # pid of the master we were started to replace
         self.halt_error: Exception | None = None
         self.selector = selectors.DefaultSelector()
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -107,6 +110,7 @@ class Master:
             signal.SIGUSR1: self.handle_usr1,  # reopen log files
             signal.SIGUSR2: self.handle_usr2,  # binary upgrade
             signal.SIGCHLD: self.handle_chld,  # reap and replace
+            signal.SIGWINCH: self.handle_winch,  # from our upgraded successor: retire
         }
 
     # --- the loop ---
@@ -128,11 +132,15 @@ class Master:
 
     def start(self) -> None:
         settings = self.settings
+        self.replaces = upgraded_from(os.environ)
         inherited = listeners_from_environment(os.environ)
         if inherited is not None:
             # Socket activation or a binary upgrade: serve what we were given, whatever --bind says.
             self.shared = inherited
             self.inherited = True
+            for listener in inherited:
+                # Sockets handed over by an old master are ours to unlink at exit; systemd's are not.
+                listener.owned = self.replaces is not None
             self.settings = settings = dataclasses.replace(settings, bind=tuple(lst.address for lst in inherited))
         else:
             self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port)
@@ -229,7 +237,53 @@ class Master:
         self.signal_workers(signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
-        log.warning("USR2: binary upgrade is not available in this version; ignored")
+        """Binary upgrade: start a new master on our listeners; it tells us (WINCH) when it serves."""
+        if self.stopping or self.new_master is not None or self.replaces is not None:
+            log.warning("USR2 ignored: %s", "stopping" if self.stopping else "an upgrade is under way")
+            return
+        if self.pidfile is not None:
+            self.pidfile.rename(self.pidfile.path + ".oldbin")
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            self.new_master = spawn_new_master(self.shared)
+        except OSError as exc:
+            log.error("upgrade failed: cannot start a new master: %s", exc.strerror)
+            self.upgrade_failed()
+            return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        log.info("upgrade: started new master (pid %d); serving until it is ready", self.new_master)
+
+    def handle_winch(self) -> None:
+        """Our upgraded successor serves: retire our workers gracefully and exit.
+
+        WINCH also comes from terminal resizes, so it means nothing unless we started an upgrade.
+        """
+        if self.new_master is None or self.stopping:
+            return
+        log.info("upgrade: new master (pid %d) is serving; retiring this one", self.new_master)
+        proctitle.set_title(f"master (old) [{self.settings.proc_name}]")
+        for listener in self.all_listeners():
+            listener.owned = False  # the new master holds them now: never unlink
+        self.stop_all("graceful")
+
+    def upgrade_failed(self, why: str = "") -> None:
+        if why:
+            log.error("upgrade failed: new master %s; this master keeps serving", why)
+        self.new_master = None
+        if self.pidfile is not None and self.pidfile.path.endswith(".oldbin"):
+            self.pidfile.rename(self.pidfile.path[: -len(".oldbin")])
+
+    def tell_replaced_master(self) -> None:
+        """After an upgrade, once our first generation serves, ask the old master to retire."""
+        if self.replaces is None:
+            return
+        log.info("upgrade: serving; asking the old master (pid %d) to retire", self.replaces)
+        try:
+            os.kill(self.replaces, signal.SIGWINCH)
+        except ProcessLookupError:
+            pass
+        self.replaces = None
 
     def handle_hup(self) -> None:
         if self.stopping:
@@ -374,7 +428,9 @@ class Master:
         master: closing one would drop the connections queued on it, so a
         replacement (after a death or a reload) takes over its predecessor's.
         """
-        if not settings.reuse_port:
+        if not settings.reuse_port or index == 0:
+            # Worker 0 takes the master's own sockets, which are in the same SO_REUSEPORT group:
+            # the kernel hashes connections onto them too, so someone must accept there.
             return self.listeners_for(settings)
         sockets = self.per_index.get(index)
         if sockets is None:
@@ -388,6 +444,8 @@ class Master:
         self.ever_booted = True
         self.boot_failures = 0
         log.info("%s booted", worker.describe())
+        if self.replaces is not None and self.generation_booted(self.generation):
+            self.tell_replaced_master()
 
     def generation_booted(self, generation: int) -> bool:
         booted = {w.index for w in self.workers.values()
@@ -402,10 +460,19 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.new_master:
+                self.new_master_exited(status)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self.scoreboard.release(worker.slot)
                 self.worker_exited(worker, status)
+
+    def new_master_exited(self, status: int) -> None:
+        if self.stopping:
+            self.new_master = None  # we were retiring anyway
+        else:
+            self.upgrade_failed(f"exited before it was ready ({describe_status(status)})")
 
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
         why = describe_status(status)
@@ -457,13 +524,19 @@ class Master:
     def stop_all(self, how: str) -> None:
         first = not self.stopping
         self.stopping = "fast" if how == "fast" else (self.stopping or "graceful")
-        if first:
+        if first and self.new_master is None:
             # Workers drain what the kernel queued, with non-blocking accepts, then leave;
             # new clients are refused once the last copy of each listener closes.
             self.scoreboard.header.shutting_down = 1
             for listener in self.all_listeners():
                 listener.sock.setblocking(False)
                 listener.unlink()
+                listener.sock.close()
+        elif first:
+            # A new master serves on these same sockets (and their shared O_NONBLOCK flag):
+            # touch nothing, just let our workers finish and leave.
+            for listener in self.all_listeners():
+                listener.owned = False
                 listener.sock.close()
         for worker in self.workers.values():
             if worker.stopping != "kill" and (worker.stopping != how or how == "fast"):

@@ -1,0 +1,59 @@
+"""Binary upgrade (USR2), nginx/unicorn style: re-execute prefork and hand it our listeners.
+
+The old master forks; the child puts the listening sockets at descriptors 3, 4, ...
+and executes the same command line again (``sys.executable`` with
+``sys.orig_argv``, so ``python -m prefork`` and the console script both come back
+as they started), with the systemd variables LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES
+describing them: the new master reads them exactly as it reads socket activation.
+UPGRADE_VAR tells the new master which master it replaces; once its own workers
+have booted it sends that master WINCH ("you have been replaced"), and the old
+master retires its workers gracefully and exits by itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+
+from .sockets import SD_LISTEN_FDS_START, Listener
+
+UPGRADE_VAR = "_PREFORK_UPGRADE_FROM"
+# Descriptors are first moved above this, so that placing them at 3.. cannot clobber one another.
+HIGH_FD = 1000
+
+
+def spawn_new_master(listeners: list[Listener]) -> int:
+    """Fork and exec a new master holding ``listeners``; return its pid (in the old master)."""
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    try:
+        exec_new_master(argv, listeners)
+    finally:
+        os._exit(127)  # exec failed: the old master sees this status and keeps serving
+
+
+def exec_new_master(argv: list[str], listeners: list[Listener]) -> None:
+    """In the forked child: arrange descriptors and environment, then exec (never returns)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    high = [fcntl.fcntl(lst.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD) for lst in listeners]
+    for offset, fd in enumerate(high):
+        os.dup2(fd, SD_LISTEN_FDS_START + offset, inheritable=True)
+    env = dict(os.environ)
+    env["LISTEN_PID"] = str(os.getpid())
+    env["LISTEN_FDS"] = str(len(listeners))
+    env["LISTEN_FDNAMES"] = ":".join("inherited" for _ in listeners)
+    env[UPGRADE_VAR] = str(os.getppid())
+    os.execve(argv[0], argv, env)
+
+
+def upgraded_from(environ: dict[str, str] | os._Environ[str]) -> int | None:
+    """The pid of the master we replace, if we were started by a USR2 upgrade (and still its child)."""
+    value = environ.pop(UPGRADE_VAR, None)
+    if value is None or not value.isdigit():
+        return None
+    old = int(value)
+    return old if os.getppid() == old else None
