@@ -116,7 +116,7 @@ class Server:
         """Live workers that have reported booting."""
         return self.worker_pids() & self.booted_pids()
 
-    def wait_ready(self, workers: int = 2, timeout: float = 15.0) -> Server:
+    def wait_ready(self, workers: int = 2, timeout: float = 30.0) -> Server:
         wait_for(lambda: len(self.serving_pids()) >= workers, timeout,
                  what=f"{workers} booted workers; log:\n{self.log()}")
         return self

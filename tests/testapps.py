@@ -43,3 +43,9 @@ def make_pid() -> Any:
 
 
 not_callable = 42
+
+
+def hold(conn: socket.socket, addr: Any) -> None:
+    """Answer with our pid at once, then hold the connection until the client closes it."""
+    conn.sendall(f"{os.getpid()}\n".encode())
+    conn.recv(1)
