@@ -168,11 +168,32 @@ class Master:
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.spawn_not_before > now:
             deadlines.append(self.spawn_not_before)
-        if self.workers and (self.settings.timeout or self.settings.max_worker_memory):
-            deadlines.append(now + 1.0)  # stuck/boot/memory checks: at most one wake-up a second
+        if self.workers and self.settings.timeout:
+            deadlines.append(self.next_stuck_check(now))
+        if self.workers and self.settings.max_worker_memory:
+            deadlines.append(self.next_memory_check)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
+
+    def next_stuck_check(self, now: float) -> float:
+        """When a worker could next have overrun --timeout.
+
+        A busy worker overruns at busy_since + timeout; one that is idle now cannot
+        overrun before now + timeout. So an idle server wakes once per --timeout
+        instead of every second, and a stuck worker is still caught on time.
+        """
+        timeout = self.settings.timeout
+        deadline = now + timeout
+        for worker in self.workers.values():
+            slot = self.scoreboard.slots[worker.slot]
+            if worker.stopping == "kill":
+                continue
+            if not worker.booted:
+                deadline = min(deadline, worker.started + timeout)
+            elif slot.state == BUSY:
+                deadline = min(deadline, slot.busy_since + timeout)
+        return deadline + 0.01  # just past it, so the check sees the overrun
 
     def dispatch_signals(self) -> None:
         try:

@@ -272,8 +272,8 @@ def test_idle_master_and_workers_use_no_cpu(server: Server) -> None:
     after = [p.cpu_times() for p in procs]
     for b, a in zip(before, after, strict=True):
         assert (a.user + a.system) - (b.user + b.system) < 0.05
-    # The master wakes at most about once a second (the --timeout check), never in a busy loop.
-    assert psutil.Process(server.pid).num_ctx_switches().voluntary - switches <= 6
+    # Idle, the master sleeps until a signal or the next possible --timeout overrun (30 s away).
+    assert psutil.Process(server.pid).num_ctx_switches().voluntary - switches <= 2
 
 
 # --- errors a user will meet ---
