@@ -280,6 +280,8 @@ class Worker:
             except OSError:
                 pass
             slot.end()
+            if not self.alive:
+                slot.state = STOPPING  # told to stop while busy: leaving, not idle
         if self.reopen_logs:
             self.reopen_logs = False
             self.reopen()
