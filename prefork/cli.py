@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -121,3 +122,75 @@ def fail(exc: BaseException, status: int) -> None:
         traceback.print_exception(exc.__cause__, file=sys.stderr)
     click.echo(f"Error: {exc}", err=True)
     sys.exit(status if status else EXIT_USAGE)
+
+
+# --- control commands: drive a running server found through its pid file ---
+
+pid_option = click.option(
+    "--pid", "pidfile", metavar="FILE", envvar="PREFORK_PID", required=True,
+    help="The pid file of the running server (its --pid). [env PREFORK_PID]",
+)
+
+
+def timeout_option(default: float | None, what: str) -> Callable[..., Any]:
+    shown = f"default: {default:g}" if default is not None else "default: the server's graceful timeout + 10"
+    return click.option("--timeout", type=click.FloatRange(min=0), default=default, metavar="SECONDS",
+                        help=f"Give up waiting for {what} after SECONDS [{shown}].")
+
+
+@contextlib.contextmanager
+def control_errors() -> Iterator[None]:
+    """Map a control command's errors to one line and its exit status."""
+    try:
+        yield
+    except PreforkError as exc:
+        fail(exc, exc.exit_status)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@main.command("status")
+@pid_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of the table.")
+@click.option("--watch", is_flag=True, help="Redraw every second, like top (Ctrl-C to leave).")
+def status_command(pidfile: str, as_json: bool, watch: bool) -> None:
+    """Show the running server: master, workers, their state, connections, CPU and memory."""
+    from . import control
+
+    with control_errors():
+        control.show_status(pidfile, as_json, watch, click.echo)
+
+
+@main.command("reload")
+@pid_option
+@timeout_option(60.0, "the new generation")
+def reload_command(pidfile: str, timeout: float) -> None:
+    """Reload (HUP) and wait until the new generation of workers serves."""
+    from . import control
+
+    with control_errors():
+        click.echo(control.reload(pidfile, timeout))
+
+
+@main.command("stop")
+@pid_option
+@click.option("--graceful", is_flag=True, help="Let workers finish their connections (TERM) instead of QUIT.")
+@timeout_option(None, "the master to exit")
+def stop_command(pidfile: str, graceful: bool, timeout: float | None) -> None:
+    """Stop the server (fast, or --graceful) and wait until its master has exited."""
+    from . import control
+
+    with control_errors():
+        click.echo(control.stop(pidfile, graceful, timeout))
+
+
+@main.command("scale", context_settings={"ignore_unknown_options": True})
+@click.argument("count", metavar="N|+N|-N")
+@pid_option
+@timeout_option(60.0, "the workers")
+def scale_command(count: str, pidfile: str, timeout: float) -> None:
+    """Set the number of workers to N, or change it by +N/-N, and wait until they serve."""
+    from . import control
+
+    with control_errors():
+        click.echo(control.scale(pidfile, count, timeout))

@@ -11,6 +11,8 @@ EXIT_BIND = 1  # address in use, permission denied, stale unix socket owned by a
 EXIT_USAGE = 2  # bad option, bad config value (click's own usage status)
 EXIT_BOOT = 3  # workers failed to boot again and again
 EXIT_APP = 4  # the APP could not be imported
+EXIT_NOT_RUNNING = 5  # a control command found no server at the pid file (missing or stale)
+EXIT_CONTROL = 6  # a control command's change failed or did not happen in time
 
 # Exit statuses of a worker process, read by the master from waitpid().
 WORKER_EXIT_OK = 0
@@ -53,3 +55,15 @@ class BootError(PreforkError):
     """Workers kept dying before they could serve."""
 
     exit_status = EXIT_BOOT
+
+
+class NotRunningError(PreforkError):
+    """No prefork master runs at the pid file a control command was given."""
+
+    exit_status = EXIT_NOT_RUNNING
+
+
+class ControlError(PreforkError):
+    """A control command's change failed (a reload refused) or did not happen in time."""
+
+    exit_status = EXIT_CONTROL

@@ -20,7 +20,8 @@ from typing import Any
 
 import psutil
 
-from . import proctitle
+from . import control, proctitle
+from .endpoint import Endpoint
 from .errors import EXIT_APP, EXIT_BOOT, EXIT_OK, WORKER_EXIT_APP, AppImportError, BootError, ConfigError
 from .importer import Handler
 from .log import Log
@@ -28,6 +29,7 @@ from .pidfile import Pidfile
 from .scoreboard import BUSY, Scoreboard
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
+from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .upgrade import spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
@@ -95,6 +97,8 @@ class Master:
         self.new_master: int | None = None  # pid of the master a USR2 upgrade started
         self.replaces: int | None = None  # pid of the master we were started to replace
         self.halt_error: Exception | None = None
+        self.stats = Stats()  # counters for status and metrics
+        self.endpoints: list[Endpoint] = []  # control socket, metrics: answered in our loop
         self.selector = selectors.DefaultSelector()
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.events_r, self.events_w = os.pipe2(os.O_CLOEXEC)
@@ -151,6 +155,7 @@ class Master:
             self.pidfile.write(self.pid)
         self.scoreboard.header.master_pid = self.pid
         proctitle.set_title(f"master [{settings.proc_name}]")
+        self.endpoints = control.open_endpoints(self)
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, self.dispatch_signals)
         self.selector.register(self.events_r, selectors.EVENT_READ, self.read_worker_events)
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
@@ -220,6 +225,7 @@ class Master:
                 self.worker_booted(worker)
             elif event == EVENT_RETIRE and not worker.replace:
                 worker.replace = True
+                self.stats.restart(RESTART_MAX_REQUESTS)
         self.events_buffer = self.events_buffer[usable:]
 
     # --- signal handlers (called from the loop, never from signal context) ---
@@ -313,6 +319,7 @@ class Master:
             new = self.reload_settings()
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+            self.stats.reload_failed(str(exc))
             return
         self.apply_reload(new)
 
@@ -328,6 +335,7 @@ class Master:
             self.open_new_binds(new)
         except Exception as exc:  # BindError and friends: keep serving as we were
             log.error("reload refused: %s", exc)
+            self.stats.reload_failed(str(exc))
             return
         self.pending = self.generation + 1 if self.pending is None else self.pending + 1
         self.pending_settings = new
@@ -360,6 +368,7 @@ class Master:
             log.info("no longer listening on %s", listener.name)
             self.shared.remove(listener)
             listener.close()
+        self.stats.reloads += 1
         retiring = [w for w in self.workers.values() if w.generation != self.generation and not w.stopping]
         log.info("reload done: generation %d serving, retiring %d workers of generation %d",
                  self.generation, len(retiring), old)
@@ -368,6 +377,7 @@ class Master:
 
     def abandon_pending(self, why: str) -> None:
         log.error("reload failed: %s; generation %d keeps serving", why, self.generation)
+        self.stats.reload_failed(why)
         for worker in list(self.workers.values()):
             if worker.generation == self.pending and not worker.stopping:
                 self.stop_worker(worker, "fast")
@@ -432,7 +442,8 @@ class Master:
                     settings=settings, listeners=listeners, scoreboard=self.scoreboard,
                     slot_number=slot, index=index, generation=generation, master_pid=self.pid,
                     events_fd=self.events_w, log_=self.log, handler=self.preloaded,
-                    close_fds=[self.wakeup_r, self.wakeup_w, self.events_r, self.selector.fileno()],
+                    close_fds=[self.wakeup_r, self.wakeup_w, self.events_r, self.selector.fileno(),
+                               *(fd for endpoint in self.endpoints for fd in endpoint.fds())],
                     foreign=[lst for lst in self.all_listeners() if lst not in listeners],
                 ).run()
             finally:
@@ -486,6 +497,7 @@ class Master:
                 continue
             worker = self.workers.pop(pid, None)
             if worker is not None:
+                self.stats.worker_gone(self.scoreboard.slots[worker.slot])
                 self.scoreboard.release(worker.slot)
                 self.worker_exited(worker, status)
 
@@ -501,12 +513,14 @@ class Master:
             log.info("%s exited (%s)", worker.describe(), why)
         elif worker.booted:
             log.warning("%s died (%s); replacing it", worker.describe(), why)
+            self.stats.restart(RESTART_DIED)
         else:
             self.boot_failed(worker, status, why)
         self.close_unused_sockets()
 
     def boot_failed(self, worker: WorkerProcess, status: int, why: str) -> None:
         self.boot_failures += 1
+        self.stats.boot_failures += 1
         if worker.generation == self.pending:
             self.abandon_pending(f"{worker.describe()} exited during boot ({why})")
             return
@@ -591,6 +605,7 @@ class Master:
             if timeout and slot.state == BUSY and now - slot.busy_since > timeout:
                 log.error("%s stuck for %.1fs on connection from %s; dumping its stack and killing it",
                           worker.describe(), now - slot.busy_since, slot.peer_text)
+                self.stats.restart(RESTART_TIMEOUT)
                 self.abort_worker(worker)
             elif timeout and not worker.booted and now - worker.started > timeout:
                 log.error("%s did not boot within %gs; killing it", worker.describe(), timeout)
@@ -618,6 +633,7 @@ class Master:
                 log.warning("%s uses %.1f MB (limit %d MB); recycling it",
                             worker.describe(), used / 2**20, self.settings.max_worker_memory)
                 worker.replace = True
+                self.stats.restart(RESTART_MEMORY)
 
     def kill_overdue(self) -> None:
         now = time.monotonic()
@@ -658,6 +674,8 @@ class Master:
                 listener.close()
         if self.pidfile is not None:
             self.pidfile.remove()
+        for endpoint in self.endpoints:
+            endpoint.close()
         self.selector.close()
         for fd in (self.wakeup_r, self.wakeup_w, self.events_r, self.events_w):
             os.close(fd)

@@ -31,6 +31,9 @@ class Slot(ctypes.Structure):
         ("state", ctypes.c_uint8),
         ("peer_len", ctypes.c_uint8),
         ("peer", ctypes.c_char * PEER_BYTES),
+        # --threads: how many threads accept, and how many serve now (busy_since/peer are then the oldest's)
+        ("threads", ctypes.c_uint16),
+        ("busy_threads", ctypes.c_uint16),
     ]
 
     def begin(self, peer: str) -> None:

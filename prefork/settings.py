@@ -121,6 +121,11 @@ def bind_list(value: object) -> tuple[Address, ...]:
     return addresses
 
 
+def optional_address(value: object) -> Address | None:
+    spec = text(value).strip()
+    return parse_address(spec) if spec else None
+
+
 def app_spec(value: object) -> str | None:
     spec = text(value).strip()
     if not spec:
@@ -192,6 +197,14 @@ class Settings:
     chdir: str | None = setting(
         None, help="Change to DIR before loading the app, and put DIR on sys.path.",
         parse=optional_text, metavar="DIR",
+    )
+    threads: int = setting(
+        1, help="Threads per worker, each accepting and serving connections itself.",
+        parse=integer(1), metavar="N",
+    )
+    metrics_bind: Address | None = setting(  # noqa: RUF009 - Address is frozen
+        None, help="Serve Prometheus metrics at http://ADDR/metrics from the master (set at start).",
+        parse=optional_address, metavar="ADDR",
     )
 
     @property

@@ -1,0 +1,221 @@
+"""What the server reports about itself: the master's counters, its snapshot, and the status table.
+
+The master builds :func:`snapshot` (a JSON-ready dict) from its own tables and
+the scoreboard when asked on its control socket; it never measures CPU or
+memory for it. The ``prefork status`` client adds those from psutil
+(:class:`Sampler`) and prints the table (:func:`render`) or the JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from .scoreboard import BUSY, STATE_NAMES, Slot
+
+if TYPE_CHECKING:
+    from .master import Master, WorkerProcess
+
+# Why the master replaced a worker (the keys of Stats.restarts and of the restarts metric).
+RESTART_DIED = "died"  # exited or was killed while it should have been serving
+RESTART_TIMEOUT = "timeout"  # stuck on one connection longer than --timeout
+RESTART_MAX_REQUESTS = "max_requests"
+RESTART_MEMORY = "memory"
+
+
+@dataclass
+class Stats:
+    """Counters the master keeps for status and metrics (since it started; never reset)."""
+
+    started: float = field(default_factory=time.time)
+    restarts: Counter[str] = field(default_factory=Counter)
+    reloads: int = 0  # generations committed
+    reload_failures: int = 0  # reloads refused or abandoned
+    last_reload_error: str = ""
+    boot_failures: int = 0  # workers that exited before booting
+    retired_requests: int = 0  # connections served by workers that have since exited
+
+    def restart(self, reason: str) -> None:
+        self.restarts[reason] += 1
+
+    def reload_failed(self, why: str) -> None:
+        self.reload_failures += 1
+        self.last_reload_error = why
+
+    def worker_gone(self, slot: Slot) -> None:
+        """Keep the connections a reaped worker served, so totals never go down."""
+        self.retired_requests += slot.requests
+
+
+# --- in the master: the snapshot ---
+
+
+def snapshot(master: Master) -> dict[str, Any]:
+    """The server as the master sees it now, for the control socket and metrics."""
+    settings = master.settings
+    now = time.monotonic()
+    workers = sorted(master.workers.values(), key=lambda w: (w.generation, w.index, w.pid))
+    reports = [worker_report(w, master.scoreboard.slots[w.slot], now) for w in workers]
+    return {
+        "master": {
+            "pid": master.pid,
+            "name": settings.proc_name,
+            "app": settings.app,
+            "generation": master.generation,
+            "pending_generation": master.pending,
+            "started": master.stats.started,
+            "listeners": [listener.name for listener in master.shared],
+            "target_workers": master.num_workers,
+            "threads": settings.threads,
+            "stopping": master.stopping or None,
+            "graceful_timeout": settings.graceful_timeout,
+        },
+        "stats": {
+            "connections": master.stats.retired_requests + sum(r["requests"] for r in reports),
+            "restarts": dict(master.stats.restarts),
+            "reloads": master.stats.reloads,
+            "reload_failures": master.stats.reload_failures,
+            "last_reload_error": master.stats.last_reload_error or None,
+            "boot_failures": master.stats.boot_failures,
+        },
+        "workers": reports,
+    }
+
+
+def worker_report(worker: WorkerProcess, slot: Slot, now: float) -> dict[str, Any]:
+    threads = max(1, slot.threads)
+    busy_threads = slot.busy_threads if slot.threads else int(slot.state == BUSY)
+    busy = slot.state == BUSY or busy_threads > 0
+    state = STATE_NAMES.get(slot.state, "unknown")
+    if worker.stopping:
+        state = "stopping"
+    elif not worker.booted:
+        state = "booting"
+    elif busy:
+        state = "busy"
+    return {
+        "pid": worker.pid,
+        "index": worker.index,
+        "generation": worker.generation,
+        "state": state,
+        "booted": worker.booted,
+        "requests": slot.requests,
+        "started": slot.started,
+        "busy_for": max(0.0, now - slot.busy_since) if busy else None,
+        "peer": slot.peer_text if busy else None,
+        "threads": threads,
+        "busy_threads": busy_threads,
+    }
+
+
+# --- in the client: CPU and memory, then the table ---
+
+
+class Sampler:
+    """CPU % between two looks at each process (as top does), and its memory."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[float, float]] = {}  # pid -> (monotonic, CPU seconds)
+
+    def measure(self, report: dict[str, Any]) -> None:
+        """Add ``cpu_percent``, ``rss`` and ``uss`` to the master and each worker (None if unknown)."""
+        now = time.monotonic()
+        seen: dict[int, tuple[float, float]] = {}
+        for entry in [report["master"], *report["workers"]]:
+            entry.update(cpu_percent=None, rss=None, uss=None)
+            try:
+                process = psutil.Process(entry["pid"])
+                with process.oneshot():
+                    times = process.cpu_times()
+                    cpu = times.user + times.system
+                    entry["rss"] = process.memory_info().rss
+                    try:
+                        entry["uss"] = process.memory_full_info().uss
+                    except psutil.AccessDenied:
+                        pass
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            seen[entry["pid"]] = (now, cpu)
+            before = self.last.get(entry["pid"])
+            if before is not None and now > before[0]:
+                entry["cpu_percent"] = round(100.0 * (cpu - before[1]) / (now - before[0]), 1)
+        self.last = seen
+
+
+COLUMNS = ("IDX", "PID", "GEN", "STATE", "BUSY FOR", "PEER", "CONNS", "CPU%", "RSS", "USS", "AGE")
+NUMERIC = {"IDX", "PID", "GEN", "BUSY FOR", "CONNS", "CPU%", "RSS", "USS", "AGE"}  # right-aligned
+
+
+def render(report: dict[str, Any], now: float | None = None) -> str:
+    """The table a person reads at a glance: the master on top, one row per worker."""
+    now = time.time() if now is None else now
+    m, stats = report["master"], report["stats"]
+    generation = f"generation {m['generation']}"
+    if m["pending_generation"] is not None:
+        generation += f" (reloading to {m['pending_generation']})"
+    live = [w for w in report["workers"] if w["state"] != "stopping"]
+    lines = [
+        f"prefork master {m['pid']} [{m['name']}]  up {duration(now - m['started'])}  {generation}"
+        f"  workers {len(live)}/{m['target_workers']}"
+        + (f" x {m['threads']} threads" if m["threads"] > 1 else "")
+        + (f"  STOPPING ({m['stopping']})" if m["stopping"] else ""),
+        "listening on " + (", ".join(m["listeners"]) or "nothing"),
+        f"connections {stats['connections']}  restarts {restarts_text(stats['restarts'])}"
+        f"  reloads {stats['reloads']} ({stats['reload_failures']} failed)  boot failures {stats['boot_failures']}",
+        "",
+    ]
+    rows = [COLUMNS] + [worker_row(w, now) for w in report["workers"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    for row in rows:
+        cells = (cell.rjust(width) if column in NUMERIC else cell.ljust(width)
+                 for column, cell, width in zip(COLUMNS, row, widths, strict=True))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def worker_row(w: dict[str, Any], now: float) -> tuple[str, ...]:
+    state = w["state"]
+    if w["threads"] > 1:
+        state += f" {w['busy_threads']}/{w['threads']}"
+    return (
+        str(w["index"]), str(w["pid"]), str(w["generation"]), state,
+        duration(w["busy_for"]) if w["busy_for"] is not None else "",
+        w["peer"] or "", str(w["requests"]),
+        f"{w['cpu_percent']:.1f}" if w.get("cpu_percent") is not None else "-",
+        size(w.get("rss")), size(w.get("uss")), duration(now - w["started"]),
+    )
+
+
+def restarts_text(restarts: dict[str, int]) -> str:
+    total = sum(restarts.values())
+    if not total:
+        return "0"
+    return f"{total} (" + ", ".join(f"{why} {n}" for why, n in sorted(restarts.items())) + ")"
+
+
+def duration(seconds: float) -> str:
+    """``4.2s``, ``3m07s``, ``2h05m``, ``3d04h``: short, and precise where it matters."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    amount = float(value)
+    for unit in ("B", "K", "M", "G"):
+        if amount < 1024 or unit == "G":
+            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
+        amount /= 1024
+    return f"{amount:.1f}G"

@@ -1,0 +1,107 @@
+"""``prefork reload|stop|scale``: each sends its signal and returns once the change has happened."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import Server, wait_for
+from control_helpers import prefork, status_json
+
+from prefork.control import parse_scale
+from prefork.errors import ControlError
+
+
+def test_parse_scale() -> None:
+    assert parse_scale("5", 2) == 5
+    assert parse_scale("+3", 2) == 5
+    assert parse_scale("-1", 2) == 1
+    for bad in ("0", "-2", "many", ""):
+        with pytest.raises(ControlError):
+            parse_scale(bad, 2)
+
+
+def start(server: Server, tmp_path: Path, *args: str, app: str = "testapps:pid", workers: int = 2) -> Path:
+    pidfile = tmp_path / "prefork.pid"
+    server.start("--pid", str(pidfile), *args, app=app, workers=workers).wait_ready(workers)
+    return pidfile
+
+
+def test_reload_returns_when_the_new_generation_serves(server: Server, tmp_path: Path) -> None:
+    pidfile = start(server, tmp_path)
+    old = server.worker_pids()
+    result = prefork("reload", "--pid", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "reloaded: generation 2 serving with 2 workers"
+    report = status_json(pidfile)
+    assert report["master"]["generation"] == 2 and report["stats"]["reloads"] == 1
+    serving = {w["pid"] for w in report["workers"] if w["generation"] == 2}
+    assert len(serving) == 2 and not serving & old
+    assert server.ask_pid() in serving
+
+
+def test_failed_reload_is_an_error(server: Server, tmp_path: Path) -> None:
+    config = tmp_path / "prefork.toml"
+    config.write_text("workers = 2\n")
+    pidfile = start(server, tmp_path, "--config", str(config))
+    config.write_text("workers = 'many'\n")
+    result = prefork("reload", "--pid", str(pidfile))
+    assert result.returncode == 6
+    assert result.stderr.startswith("Error: reload failed:") and "workers" in result.stderr
+    report = status_json(pidfile)
+    assert report["master"]["generation"] == 1 and report["stats"]["reload_failures"] == 1
+
+
+def test_stop_fast_waits_for_the_master(server: Server, tmp_path: Path) -> None:
+    pidfile = start(server, tmp_path)
+    result = prefork("stop", "--pid", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"stopped: master {server.pid} exited (fast stop)"
+    assert server.wait_exit(10) == 0 and not pidfile.exists()
+
+
+def test_stop_graceful_lets_a_busy_connection_finish(server: Server, tmp_path: Path) -> None:
+    pidfile = start(server, tmp_path, app="testapps:slow")
+    answers: list[bytes] = []
+    with socket.create_connection(server.address) as sock:
+        sock.sendall(b"2")
+        wait_busy(pidfile)
+        reader = threading.Thread(target=lambda: answers.append(sock.recv(100)))
+        reader.start()
+        result = prefork("stop", "--graceful", "--pid", str(pidfile))
+        reader.join(30)
+    assert result.returncode == 0, result.stderr
+    assert "graceful stop" in result.stdout
+    assert answers and answers[0].strip().isdigit()
+
+
+def wait_busy(pidfile: Path) -> None:
+    wait_for(lambda: any(w["state"] == "busy" for w in status_json(pidfile)["workers"]), 30, what="a busy worker")
+
+
+def test_scale_to_n_and_by_n(server: Server, tmp_path: Path) -> None:
+    pidfile = start(server, tmp_path)
+    steps = [("4", "scaled: 2 -> 4 workers", 4), ("-3", "scaled: 4 -> 1 workers", 1),
+             ("+1", "scaled: 1 -> 2 workers", 2)]
+    for spec, message, count in steps:
+        result = prefork("scale", spec, "--pid", str(pidfile))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == message
+        # "Done" means done: exactly that many workers, every one booted, none left stopping.
+        assert len(server.worker_pids()) == count
+        report = status_json(pidfile)
+        assert [w["state"] for w in report["workers"]] == ["idle"] * count
+    result = prefork("scale", "-2", "--pid", str(pidfile))
+    assert result.returncode == 6 and "at least 1" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["reload"], ["stop"], ["stop", "--graceful"], ["scale", "3"]])
+def test_commands_refuse_a_stale_pid_file(tmp_path: Path, command: list[str]) -> None:
+    pidfile = tmp_path / "prefork.pid"
+    pidfile.write_text(f"{os.getpid()}\n")  # alive, but the pytest process is no prefork master
+    result = prefork(*command, "--pid", str(pidfile))
+    assert result.returncode == 5
+    assert "stale pid file" in result.stderr and "not a prefork master" in result.stderr
