@@ -147,7 +147,8 @@ class Master:
                 listener.owned = self.replaces is not None
             self.settings = settings = dataclasses.replace(settings, bind=tuple(lst.address for lst in inherited))
         else:
-            self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port)
+            self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port,
+                                         unix_mode=settings.unix_mode, unix_owner=settings.unix_owner)
         for listener in self.shared:
             log.info("listening on %s", listener.name)
         if settings.pid:
@@ -350,7 +351,8 @@ class Master:
         have = {listener.address for listener in self.shared}
         for address in new.bind:
             if address not in have:
-                listener = create_listener(address, new.backlog, new.reuse_port)
+                listener = create_listener(address, new.backlog, new.reuse_port,
+                                           unix_mode=new.unix_mode, unix_owner=new.unix_owner)
                 log.info("listening on %s", listener.name)
                 self.shared.append(listener)
         set_blocking_mode(self.listeners_for(new))

@@ -38,11 +38,15 @@ class Slot(ctypes.Structure):
 
     def begin(self, peer: str) -> None:
         """Mark the slot busy with a connection from ``peer``."""
+        self.set_peer(peer)
+        self.busy_since = time.monotonic()
+        self.state = BUSY
+
+    def set_peer(self, peer: str) -> None:
+        """Record who the connection is from (again, once a PROXY header names the real client)."""
         raw = peer.encode("utf-8", "replace")[:PEER_BYTES]
         ctypes.memmove(ctypes.addressof(self) + Slot.peer.offset, raw, len(raw))
         self.peer_len = len(raw)
-        self.busy_since = time.monotonic()
-        self.state = BUSY
 
     def end(self) -> None:
         """Mark the connection finished and counted."""
@@ -58,6 +62,8 @@ class Header(ctypes.Structure):
     _fields_ = [
         ("master_pid", ctypes.c_int32),
         ("shutting_down", ctypes.c_uint8),  # workers drain the accept queue before leaving
+        # One past the highest slot ever allocated: readers scan only slots[:high_water].
+        ("high_water", ctypes.c_uint32),
     ]
 
 
@@ -85,6 +91,7 @@ class Scoreboard:
         slot.generation = generation
         slot.started = time.time()
         slot.state = BOOTING
+        self.header.high_water = max(self.header.high_water, number + 1)
         return number
 
     def release(self, number: int) -> None:

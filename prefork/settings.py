@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .access import LOOPBACK, Network, network_list
 from .errors import ConfigError
-from .sockets import Address, parse_address
+from .sockets import Address, Owner, parse_address, parse_owner
+from .tls import make_context
 
 ENV_PREFIX = "PREFORK_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -136,6 +138,37 @@ def app_spec(value: object) -> str | None:
     return spec
 
 
+def readable_file(value: object) -> str | None:
+    """A path that must name a file we can read now (certificates, keys)."""
+    path = text(value).strip()
+    if not path:
+        return None
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"{path!r} is not a readable file")
+    return path
+
+
+def file_mode(value: object) -> int | None:
+    """An octal file mode: ``"600"`` or ``"0o600"`` in text, ``0o600`` in TOML."""
+    if isinstance(value, str):
+        digits = value.strip().lower().removeprefix("0o")
+        if not digits:
+            return None
+        try:
+            value = int(digits, 8)
+        except ValueError:
+            raise ConfigError(f"{value!r} is not an octal file mode (expected e.g. 660)") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        hint = " (in TOML write 0o660 or \"660\")" if isinstance(value, int) else ""
+        raise ConfigError(f"{value!r} is not a file mode (expected an octal number 000-777){hint}")
+    return value
+
+
+def owner(value: object) -> Owner | None:
+    spec = text(value).strip()
+    return parse_owner(spec) if spec else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of a running server; immutable, replaced whole on reload."""
@@ -206,10 +239,75 @@ class Settings:
         None, help="Serve Prometheus metrics at http://ADDR/metrics from the master (set at start).",
         parse=optional_address, metavar="ADDR",
     )
+    # --- who may connect, and what a connection may do (connection.py) ---
+    allow: tuple[Network, ...] = setting(
+        (), help="Serve only clients in this network (CIDR or address; repeatable; IPv4 and IPv6).",
+        parse=network_list, metavar="CIDR", multiple=True,
+    )
+    deny: tuple[Network, ...] = setting(
+        (), help="Refuse clients in this network (repeatable); wins over --allow.",
+        parse=network_list, metavar="CIDR", multiple=True,
+    )
+    max_per_source: int = setting(
+        0, help="Serve at most N connections at once from one client address, across workers (0 = no limit).",
+        parse=integer(0), metavar="N",
+    )
+    certfile: str | None = setting(
+        None, help="Serve TLS with this PEM certificate chain (re-read on HUP).",
+        parse=readable_file, metavar="FILE",
+    )
+    keyfile: str | None = setting(
+        None, help="The certificate's private key (default: in --certfile).", parse=readable_file, metavar="FILE",
+    )
+    ca_certs: str | None = setting(
+        None, help="Ask clients for a certificate signed by these CAs (PEM); the handler sees it.",
+        parse=readable_file, metavar="FILE",
+    )
+    verify_client: bool = setting(
+        False, help="Require a valid client certificate (needs --ca-certs).", parse=boolean, flag=True,
+    )
+    proxy_protocol: bool = setting(
+        False, help="Read a PROXY protocol v1/v2 header first: the handler gets the real client address.",
+        parse=boolean, flag=True,
+    )
+    proxy_allow: tuple[Network, ...] = setting(
+        LOOPBACK, help="Load balancers trusted to send PROXY headers (CIDR, repeatable); others are closed.",
+        parse=network_list, metavar="CIDR", multiple=True,
+    )
+    handshake_timeout: float = setting(
+        10.0, help="Seconds from accept() for the PROXY header and TLS handshake to complete.",
+        parse=seconds, metavar="SECONDS",
+    )
+    idle_timeout: float = setting(
+        0.0, help="Socket timeout of the handler's connection: recv/send fail after this long idle (0 = off).",
+        parse=seconds, metavar="SECONDS",
+    )
+    unix_mode: int | None = setting(
+        None, help="Mode of unix socket files (octal).", parse=file_mode, metavar="MODE",
+        shown_default="660 less the umask's bits",
+    )
+    unix_owner: Owner | None = setting(  # noqa: RUF009 - Owner is frozen
+        None, help="Owner of unix socket files, USER[:GROUP] (names or ids).", parse=owner, metavar="USER[:GROUP]",
+    )
+
+    def __post_init__(self) -> None:
+        check_connection_settings(self)
 
     @property
     def proc_name(self) -> str:
         return self.name or self.app or "prefork"
+
+
+def check_connection_settings(settings: Settings) -> None:
+    """Settings that only make sense together; and the TLS files must load (at start, on HUP)."""
+    if settings.keyfile and not settings.certfile:
+        raise ConfigError("keyfile: given without certfile")
+    if settings.ca_certs and not settings.certfile:
+        raise ConfigError("ca_certs: client certificates need TLS (certfile)")
+    if settings.verify_client and not settings.ca_certs:
+        raise ConfigError("verify_client: needs ca_certs (the CAs that sign client certificates)")
+    if settings.certfile:
+        make_context(settings.certfile, settings.keyfile, settings.ca_certs, settings.verify_client)
 
 
 def declared() -> Iterator[tuple[dataclasses.Field[Any], Meta]]:

@@ -7,7 +7,9 @@ ever ``accept()`` on them. Nothing here touches a connection.
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import socket
 import stat
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from .errors import BindError, ConfigError
 
 BIND_FORMS = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
+DEFAULT_UNIX_MODE = 0o660  # owner and group may connect; less any bits the umask removes
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,51 @@ class Listener:
         self.sock.close()
 
 
-def create_listener(address: Address, backlog: int, reuse_port: bool = False) -> Listener:
-    """Create, bind and listen; raise :class:`BindError` with the address and OS error."""
+@dataclass(frozen=True)
+class Owner:
+    """``--unix-owner USER[:GROUP]`` resolved to ids; -1 leaves that id unchanged (as chown does)."""
+
+    uid: int = -1
+    gid: int = -1
+
+
+def parse_owner(text: str) -> Owner:
+    """``USER``, ``USER:GROUP`` or ``:GROUP``, by name or number; ConfigError for unknown names."""
+    user, _, group = text.strip().partition(":")
+    if not user and not group:
+        raise ConfigError(f"{text!r} names no user or group (expected USER[:GROUP])")
+    return Owner(_user_id(user) if user else -1, _group_id(group) if group else -1)
+
+
+def _user_id(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise ConfigError(f"{name!r} is not a user on this system") from None
+
+
+def _group_id(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"{name!r} is not a group on this system") from None
+
+
+def create_listener(address: Address, backlog: int, reuse_port: bool = False, *,
+                    unix_mode: int | None = None, unix_owner: Owner | None = None) -> Listener:
+    """Create, bind and listen; raise :class:`BindError` with the address and OS error.
+
+    A unix socket file gets ``unix_mode`` (default: 0660 less the umask's bits)
+    and ``unix_owner`` before it listens, so no client ever meets looser rights.
+    """
     if address.kind == "fd":
         return inherit_listener(address.fd, str(address), configured=address)
     if address.kind == "unix":
-        return _create_unix(address, backlog)
+        return _create_unix(address, backlog, unix_mode, unix_owner)
     return _create_tcp(address, backlog, reuse_port)
 
 
@@ -127,17 +169,33 @@ def _create_tcp(address: Address, backlog: int, reuse_port: bool) -> Listener:
     return Listener(sock, address, str(bound))
 
 
-def _create_unix(address: Address, backlog: int) -> Listener:
+def _create_unix(address: Address, backlog: int, mode: int | None, owner: Owner | None) -> Listener:
     path = address.path
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise BindError(f"cannot listen on {address}: {os.strerror(exc.errno or 0)}") from None
+    try:
+        # Between bind() and listen() a connect() is refused: rights set here are never late.
+        os.chmod(path, mode if mode is not None else DEFAULT_UNIX_MODE & ~_current_umask())
+        if owner is not None:
+            os.chown(path, owner.uid, owner.gid)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        os.unlink(path)
+        raise BindError(f"cannot listen on {address}: {os.strerror(exc.errno or 0)}") from None
     return Listener(sock, address, str(address))
+
+
+def _current_umask() -> int:
+    # Reading the umask means setting it; the master is single-threaded when it binds.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -189,12 +247,14 @@ def inherit_listener(fd: int, name: str, configured: Address | None = None) -> L
     return Listener(sock, configured or address, f"{name} ({address})", owned=False)
 
 
-def open_listeners(addresses: tuple[Address, ...], backlog: int, reuse_port: bool) -> list[Listener]:
+def open_listeners(addresses: tuple[Address, ...], backlog: int, reuse_port: bool, *,
+                   unix_mode: int | None = None, unix_owner: Owner | None = None) -> list[Listener]:
     """Open every bind address, closing the ones already opened if one fails."""
     listeners: list[Listener] = []
     try:
         for address in addresses:
-            listeners.append(create_listener(address, backlog, reuse_port))
+            listeners.append(create_listener(address, backlog, reuse_port, unix_mode=unix_mode,
+                                             unix_owner=unix_owner))
     except BindError:
         for listener in listeners:
             listener.close()

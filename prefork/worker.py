@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from . import proctitle
-from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError
+from .connection import Prepare, Refused, make_preparer
+from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
 from .importer import Handler, load_handler
 from .log import Log
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
@@ -91,6 +92,8 @@ class Worker:
         self.handler = handler
         self.close_fds = close_fds
         self.foreign = foreign
+        # PROXY header, access rules, TLS, timeouts (connection.py); None: hand over as accepted.
+        self.prepare: Prepare | None = None
         self.alive = True
         self.idle = False  # True only while waiting for a connection: TERM may then raise
         self.reopen_logs = False
@@ -115,6 +118,12 @@ class Worker:
 
     def boot_and_serve(self) -> int:
         self.setup_process()
+        try:
+            # Before privileges drop: private keys are usually readable by root only.
+            self.prepare = make_preparer(self.settings, self.scoreboard, self.slot)
+        except PreforkError as exc:
+            log.error("worker boot failed: %s", exc)
+            return WORKER_EXIT_BOOT
         try:
             handler = self.handler or load_handler(self.settings)
         except AppImportError as exc:
@@ -271,7 +280,17 @@ class Worker:
         slot = self.slot
         slot.begin(format_peer(addr))
         try:
+            if self.prepare is not None:
+                conn, addr = self.prepare(conn, addr)
             handler(conn, addr)
+        except Refused:
+            pass  # logged (rate-limited) where it was decided; closed before any app code ran
+        except TimeoutError:
+            if not self.settings.idle_timeout:
+                log.exception("handler failed on connection from %s", format_peer(addr))
+            else:  # the client went silent: its doing, no traceback
+                log.info("connection from %s idle for %gs (--idle-timeout); closed",
+                         format_peer(addr), self.settings.idle_timeout)
         except Exception:
             log.exception("handler failed on connection from %s", format_peer(addr))
         finally:

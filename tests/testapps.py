@@ -49,3 +49,37 @@ def hold(conn: socket.socket, addr: Any) -> None:
     """Answer with our pid at once, then hold the connection until the client closes it."""
     conn.sendall(f"{os.getpid()}\n".encode())
     conn.recv(1)
+
+
+# --- connection preparation (tests/test_access.py, test_tls.py, test_proxy_protocol.py) ---
+
+
+def pid_peer(conn: socket.socket, addr: Any) -> None:
+    """Answer ``pid repr(addr)``: which worker served, and whom it believed it served."""
+    conn.sendall(f"{os.getpid()} {addr!r}\n".encode())
+
+
+def tls_info(conn: socket.socket, addr: Any) -> None:
+    """Answer ``pid class version client-CN``: what the handler was handed."""
+    import ssl
+
+    name = "-"
+    if isinstance(conn, ssl.SSLSocket):
+        cert = conn.getpeercert() or {}
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    name = value
+    version = conn.version() if isinstance(conn, ssl.SSLSocket) else "-"
+    conn.sendall(f"{os.getpid()} {type(conn).__name__} {version} {name}\n".encode())
+
+
+def line(conn: socket.socket, addr: Any) -> None:
+    """Read up to a newline (however slowly it comes), then answer with our pid."""
+    data = b""
+    while b"\n" not in data:
+        chunk = conn.recv(1024)
+        if not chunk:
+            return
+        data += chunk
+    conn.sendall(f"{os.getpid()}\n".encode())
