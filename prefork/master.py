@@ -30,6 +30,7 @@ from .scoreboard import BUSY, Scoreboard
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
+from .threaded import ThreadedWorker, make_nonblocking
 from .upgrade import spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
@@ -427,6 +428,8 @@ class Master:
             return
         settings = self.pending_settings if generation == self.pending and self.pending_settings else self.settings
         listeners = self.worker_listeners(index, settings)
+        if settings.threads > 1:
+            make_nonblocking(listeners)  # its threads wait in epoll, never in a blocking accept()
         # Block our signals across fork: the child must not run the master's handlers
         # (nor write to its wake-up pipe) before installing its own.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -440,7 +443,7 @@ class Master:
             return
         if pid == 0:
             try:
-                Worker(
+                (ThreadedWorker if settings.threads > 1 else Worker)(
                     settings=settings, listeners=listeners, scoreboard=self.scoreboard,
                     slot_number=slot, index=index, generation=generation, master_pid=self.pid,
                     events_fd=self.events_w, log_=self.log, handler=self.preloaded,

@@ -278,7 +278,7 @@ class Worker:
     def serve(self, handler: Handler, conn: socket.socket, addr: Any) -> None:
         """Run the handler on one connection, then close it whatever happened."""
         slot = self.slot
-        slot.begin(format_peer(addr))
+        self.begin_connection(format_peer(addr))
         try:
             if self.prepare is not None:
                 conn, addr = self.prepare(conn, addr)
@@ -298,9 +298,7 @@ class Worker:
                 conn.close()
             except OSError:
                 pass
-            slot.end()
-            if not self.alive:
-                slot.state = STOPPING  # told to stop while busy: leaving, not idle
+            self.end_connection()
         if self.reopen_logs:
             self.reopen_logs = False
             self.reopen()
@@ -308,6 +306,15 @@ class Worker:
             self.retire_requested = True
             log.info("served %d connections (--max-requests), asking to be replaced", slot.requests)
             self.tell_master(EVENT_RETIRE)
+
+    def begin_connection(self, peer: str) -> None:
+        """Show the connection in our slot (threaded.py shares the slot between threads)."""
+        self.slot.begin(peer)
+
+    def end_connection(self) -> None:
+        self.slot.end()
+        if not self.alive:
+            self.slot.state = STOPPING  # told to stop while busy: leaving, not idle
 
     def tell_master(self, event: int) -> None:
         try:
