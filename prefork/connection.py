@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import tls
-from .access import AccessRules, client_ip, count_busy_from, in_any, peer_prefix
-from .proxy_protocol import ProxyProtocolError, read_header
+from .access import AccessRules, IPAddress, client_ip, count_busy_from, in_any, peer_prefix
+from .proxy_protocol import NoHeader, ProxyProtocolError, read_header
 from .scoreboard import Scoreboard, Slot
 from .settings import Settings
 
@@ -97,8 +97,10 @@ class Preparer:
         try:
             if self.settings.proxy_protocol:
                 addr = self.read_proxy_header(conn, addr, deadline)
-            self.check_access(addr)
-            if self.settings.max_per_source:
+            ip = client_ip(addr)  # None for unix peers: neither rules nor limits apply to them
+            if ip is not None and self.rules is not None:
+                self.check_access(ip, addr)
+            if ip is not None and self.settings.max_per_source:
                 self.check_per_source(addr)
             if self.context is not None:
                 conn = self.handshake(conn, addr, deadline)
@@ -124,6 +126,9 @@ class Preparer:
             raise self.refuse(addr, "not a trusted PROXY protocol sender (--proxy-allow)")
         try:
             header = read_header(conn, deadline)
+        except NoHeader:
+            log.debug("connection from %s closed before its PROXY header (a health check?)", self.format_peer(addr))
+            raise Refused from None
         except ProxyProtocolError as exc:
             raise self.refuse(addr, str(exc)) from None
         if header.client is None:
@@ -131,11 +136,9 @@ class Preparer:
         self.slot.set_peer(self.format_peer(header.client))
         return header.client
 
-    def check_access(self, addr: Any) -> None:
-        if self.rules is None:
-            return
-        ip = client_ip(addr)
-        why = self.rules.refusal(ip) if ip is not None else None
+    def check_access(self, ip: IPAddress, addr: Any) -> None:
+        assert self.rules is not None
+        why = self.rules.refusal(ip)
         if why is not None:
             raise self.refuse(addr, why)
 
@@ -145,8 +148,6 @@ class Preparer:
         Our own slot already shows this client (marked before counting), so two
         workers racing on the same host may both refuse, but never both admit.
         """
-        if client_ip(addr) is None:
-            return  # unix peers: there is no source to tell apart
         busy = count_busy_from(self.scoreboard, peer_prefix(self.slot.peer_text))
         if busy > self.settings.max_per_source:
             raise self.refuse(addr, f"{busy - 1} connections from this host already served (--max-per-source)")

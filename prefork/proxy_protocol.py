@@ -36,6 +36,10 @@ class ProxyProtocolError(Exception):
     """A missing, malformed, truncated or late PROXY header."""
 
 
+class NoHeader(ProxyProtocolError):
+    """The peer closed without sending a byte: a port probe or a load balancer's TCP health check."""
+
+
 @dataclass(frozen=True)
 class ProxyHeader:
     """What a header said: the client's address, or None (LOCAL, UNKNOWN: use the real peer)."""
@@ -46,7 +50,7 @@ class ProxyHeader:
 
 def read_header(sock: socket.socket, deadline: float) -> ProxyHeader:
     """Read one header from ``sock`` before ``deadline`` (time.monotonic()), and nothing more."""
-    start = _recv_exact(sock, V1_MIN, deadline)
+    start = _recv_exact(sock, V1_MIN, deadline, opening=True)
     if start.startswith(V1_PREFIX):
         return parse_v1(start + _read_v1_rest(sock, start, deadline))
     if start[:12] == V2_SIGNATURE:
@@ -69,6 +73,8 @@ def _read_v1_rest(sock: socket.socket, start: bytes, deadline: float) -> bytes:
         if room <= 0:
             raise ProxyProtocolError(f"PROXY v1 header longer than {V1_MAX} bytes")
         seen = _recv(sock, room, deadline, socket.MSG_PEEK)
+        if not seen:
+            raise ProxyProtocolError("connection closed inside the PROXY header")
         end = seen.find(b"\n")
         take = end + 1 if end >= 0 else len(seen)
         rest += _recv_exact(sock, take, deadline)
@@ -145,24 +151,26 @@ def parse_v2(header: bytes) -> ProxyHeader:
 
 
 def _recv(sock: socket.socket, size: int, deadline: float, flags: int = 0) -> bytes:
-    """One recv of up to ``size`` bytes, waiting no later than ``deadline``; EOF is an error."""
+    """One recv of up to ``size`` bytes, waiting no later than ``deadline``; b"" at EOF."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise ProxyProtocolError("no complete PROXY header before the handshake timeout")
     sock.settimeout(remaining)
     try:
-        data = sock.recv(size, flags)
+        return sock.recv(size, flags)
     except TimeoutError:
         raise ProxyProtocolError("no complete PROXY header before the handshake timeout") from None
-    if not data:
-        raise ProxyProtocolError("connection closed inside the PROXY header")
-    return data
 
 
-def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
-    chunks = []
+def _recv_exact(sock: socket.socket, size: int, deadline: float, opening: bool = False) -> bytes:
+    """Exactly ``size`` bytes; ``opening`` when these are the connection's first bytes."""
+    chunks: list[bytes] = []
     while size > 0:
         data = _recv(sock, size, deadline)
+        if not data:
+            if opening and not chunks:
+                raise NoHeader("connection closed before sending anything")
+            raise ProxyProtocolError("connection closed inside the PROXY header")
         chunks.append(data)
         size -= len(data)
     return b"".join(chunks)

@@ -242,11 +242,11 @@ class Settings:
     # --- who may connect, and what a connection may do (connection.py) ---
     allow: tuple[Network, ...] = setting(
         (), help="Serve only clients in this network (CIDR or address; repeatable; IPv4 and IPv6).",
-        parse=network_list, metavar="CIDR", multiple=True,
+        parse=network_list, metavar="CIDR", multiple=True, shown_default="any address",
     )
     deny: tuple[Network, ...] = setting(
         (), help="Refuse clients in this network (repeatable); wins over --allow.",
-        parse=network_list, metavar="CIDR", multiple=True,
+        parse=network_list, metavar="CIDR", multiple=True, shown_default="none",
     )
     max_per_source: int = setting(
         0, help="Serve at most N connections at once from one client address, across workers (0 = no limit).",
@@ -257,7 +257,7 @@ class Settings:
         parse=readable_file, metavar="FILE",
     )
     keyfile: str | None = setting(
-        None, help="The certificate's private key (default: in --certfile).", parse=readable_file, metavar="FILE",
+        None, help="The certificate's private key, when it is not in --certfile.", parse=readable_file, metavar="FILE",
     )
     ca_certs: str | None = setting(
         None, help="Ask clients for a certificate signed by these CAs (PEM); the handler sees it.",

@@ -16,7 +16,7 @@ from prefork.access import AccessRules, client_ip, count_busy_from, network_list
 from prefork.connection import RateLimitedLog
 from prefork.errors import ConfigError
 from prefork.scoreboard import Scoreboard
-from prefork.settings import Settings, file_mode, owner
+from prefork.settings import Settings, file_mode, load, owner
 from prefork.sockets import Owner
 
 # --- pure functions ---
@@ -83,6 +83,19 @@ def test_unix_mode_and_owner_parsers() -> None:
     assert owner("0:0") == Owner(0, 0) and owner("root") == Owner(0, -1) and owner(":0") == Owner(-1, 0)
     with pytest.raises(ConfigError, match="not a user"):
         owner("no-such-user-here")
+
+
+def test_settings_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "prefork.toml"
+    config.write_text('allow = ["10.0.0.0/8", "::1"]\nunix_mode = 0o600\nproxy_protocol = true\n')
+    settings, _ = load({"config": str(config)}, {"PREFORK_DENY": "10.9.0.0/16,10.8.0.0/16",
+                                                  "PREFORK_PROXY_ALLOW": "192.0.2.10"})
+    assert settings.allow == network_list("10.0.0.0/8,::1") and settings.unix_mode == 0o600
+    assert settings.deny == network_list("10.9.0.0/16,10.8.0.0/16") and settings.proxy_protocol
+    assert settings.proxy_allow == network_list("192.0.2.10")
+    config.write_text('deny = ["10.1.2.3/8"]\n')
+    with pytest.raises(ConfigError, match=r"deny: '10\.1\.2\.3/8' has host bits set"):
+        load({"config": str(config)}, {})
 
 
 def test_settings_refuse_incoherent_combinations() -> None:

@@ -17,7 +17,15 @@ from conftest import Server, free_port, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefork.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyProtocolError, parse_v1, parse_v2, read_header
+from prefork.proxy_protocol import (
+    V2_SIGNATURE,
+    NoHeader,
+    ProxyHeader,
+    ProxyProtocolError,
+    parse_v1,
+    parse_v2,
+    read_header,
+)
 
 
 def v2(command: int = 1, family: int = 0x11, body: bytes | None = None) -> bytes:
@@ -121,6 +129,15 @@ def test_reader_reassembles_a_header_sent_byte_by_byte() -> None:
     client.sendall(b"rest")
     assert read_header(server, time.monotonic() + 5).client == ("10.1.2.3", 5555)
     assert server.recv(100) == b"rest"
+
+
+def test_reader_tells_a_probe_from_a_truncated_header() -> None:
+    with feed(b"") as sock, pytest.raises(NoHeader):
+        read_header(sock, time.monotonic() + 5)
+    for data in (b"PROXY TCP4 10.1.2.3", b"PROXY TCP4 10.1.2.3 10.0.0.1 5555 80\r", v2()[:20]):
+        with feed(data) as sock, pytest.raises(ProxyProtocolError, match="closed inside") as caught:
+            read_header(sock, time.monotonic() + 5)
+        assert not isinstance(caught.value, NoHeader)
 
 
 def test_reader_deadline_bounds_a_trickle() -> None:

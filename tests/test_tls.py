@@ -153,6 +153,18 @@ def test_certificates_reloaded_on_hup(server: Server, ca: trustme.CA, tmp_path: 
     wait_for(served_with_new_certificate, 30, interval=0.2, what="the rotated certificate served")
 
 
+def test_broken_rotation_is_refused_and_the_old_certificate_served(server: Server, ca: trustme.CA,
+                                                                  tmp_path: Path) -> None:
+    certfile, keyfile = write_identity(ca, tmp_path)
+    server.start("--certfile", certfile, "--keyfile", keyfile, app="testapps:tls_info", workers=1).wait_ready(1)
+    pid = tls_ask(server, client_context(ca)).split()[0]
+    trustme.CA().issue_cert("x").private_key_pem.write_to_path(keyfile)  # a key that does not match
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log(), 30, what="the reload refused")
+    assert "cannot load the certificate and key" in server.log()
+    assert tls_ask(server, client_context(ca)).split()[0] == pid
+
+
 def test_bad_tls_settings_are_refused_at_start(server_factory: object, ca: trustme.CA, tmp_path: Path) -> None:
     certfile, keyfile = write_identity(ca, tmp_path)
     other_key = tmp_path / "other.key"
