@@ -30,6 +30,7 @@ from .scoreboard import BUSY, Scoreboard
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
+from .systemd import Notifier
 from .threaded import ThreadedWorker, make_nonblocking
 from .upgrade import spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
@@ -98,6 +99,7 @@ class Master:
         self.new_master: int | None = None  # pid of the master a USR2 upgrade started
         self.replaces: int | None = None  # pid of the master we were started to replace
         self.halt_error: Exception | None = None
+        self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         self.stats = Stats()  # counters for status and metrics
         self.endpoints: list[Endpoint] = []  # control socket, metrics: answered in our loop
         self.selector = selectors.DefaultSelector()
@@ -126,6 +128,7 @@ class Master:
             self.start()
             while True:
                 self.manage_workers()
+                self.notifier.report(self)
                 if self.stopping and not self.workers:
                     break
                 self.wait(self.next_timeout())
@@ -179,6 +182,9 @@ class Master:
             deadlines.append(self.next_stuck_check(now))
         if self.workers and self.settings.max_worker_memory:
             deadlines.append(self.next_memory_check)
+        watchdog = self.notifier.watchdog_deadline()
+        if watchdog is not None:
+            deadlines.append(watchdog)  # systemd's WATCHDOG=1, sent from this loop
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -274,7 +280,7 @@ class Master:
             self.pidfile.rename(self.pidfile.path + ".oldbin")
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            self.new_master = spawn_new_master(self.shared)
+            self.new_master = spawn_new_master(self.shared, self.notifier.environment())
         except OSError as exc:
             log.error("upgrade failed: cannot start a new master: %s", exc.strerror)
             self.upgrade_failed()
@@ -291,6 +297,7 @@ class Master:
         if self.new_master is None or self.stopping:
             return
         log.info("upgrade: new master (pid %d) is serving; retiring this one", self.new_master)
+        self.notifier.hand_over()  # it speaks for the service now: our STOPPING=1 would stop it too
         proctitle.set_title(f"master (old) [{self.settings.proc_name}]")
         for listener in self.all_listeners():
             listener.owned = False  # the new master holds them now: never unlink
@@ -317,10 +324,12 @@ class Master:
     def handle_hup(self) -> None:
         if self.stopping:
             return
+        self.notifier.reloading(self)
         try:
             new = self.reload_settings()
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.reload_failed(self, str(exc))
             self.stats.reload_failed(str(exc))
             return
         self.apply_reload(new)
@@ -337,6 +346,7 @@ class Master:
             self.open_new_binds(new)
         except Exception as exc:  # BindError and friends: keep serving as we were
             log.error("reload refused: %s", exc)
+            self.notifier.reload_failed(self, str(exc))
             self.stats.reload_failed(str(exc))
             return
         self.pending = self.generation + 1 if self.pending is None else self.pending + 1
@@ -377,6 +387,7 @@ class Master:
                  self.generation, len(retiring), old)
         for worker in retiring:
             self.stop_worker(worker, "graceful")
+        self.notifier.ready(self)
 
     def abandon_pending(self, why: str) -> None:
         log.error("reload failed: %s; generation %d keeps serving", why, self.generation)
@@ -481,6 +492,7 @@ class Master:
         self.ever_booted = True
         self.boot_failures = 0
         log.info("%s booted", worker.describe())
+        self.notifier.report(self)  # READY (and MAINPID after an upgrade) before the old master retires
         if self.replaces is not None and self.generation_booted(self.generation):
             self.tell_replaced_master()
 
@@ -527,7 +539,9 @@ class Master:
         self.boot_failures += 1
         self.stats.boot_failures += 1
         if worker.generation == self.pending:
-            self.abandon_pending(f"{worker.describe()} exited during boot ({why})")
+            failure = f"{worker.describe()} exited during boot ({why})"
+            self.abandon_pending(failure)
+            self.notifier.reload_failed(self, failure)
             return
         if self.stopping:
             return
@@ -581,6 +595,8 @@ class Master:
         for worker in self.workers.values():
             if worker.stopping != "kill" and (worker.stopping != how or how == "fast"):
                 self.stop_worker(worker, how)
+        if first:
+            self.notifier.stopping(self)  # after stop_worker: the drain's deadlines are known
 
     def retire_surplus(self) -> None:
         """After TTOU (or a smaller reload), stop the highest-numbered workers gracefully."""

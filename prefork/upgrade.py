@@ -24,25 +24,28 @@ UPGRADE_VAR = "_PREFORK_UPGRADE_FROM"
 HIGH_FD = 1000
 
 
-def spawn_new_master(listeners: list[Listener]) -> int:
-    """Fork and exec a new master holding ``listeners``; return its pid (in the old master)."""
+def spawn_new_master(listeners: list[Listener], extra_env: dict[str, str] | None = None) -> int:
+    """Fork and exec a new master holding ``listeners``; return its pid (in the old master).
+
+    ``extra_env`` adds what the master took out of its own environment (systemd's NOTIFY_SOCKET).
+    """
     argv = [sys.executable, *sys.orig_argv[1:]]
     pid = os.fork()
     if pid != 0:
         return pid
     try:
-        exec_new_master(argv, listeners)
+        exec_new_master(argv, listeners, extra_env or {})
     finally:
         os._exit(127)  # exec failed: the old master sees this status and keeps serving
 
 
-def exec_new_master(argv: list[str], listeners: list[Listener]) -> None:
+def exec_new_master(argv: list[str], listeners: list[Listener], extra_env: dict[str, str]) -> None:
     """In the forked child: arrange descriptors and environment, then exec (never returns)."""
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     high = [fcntl.fcntl(lst.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD) for lst in listeners]
     for offset, fd in enumerate(high):
         os.dup2(fd, SD_LISTEN_FDS_START + offset, inheritable=True)
-    env = dict(os.environ)
+    env = {**os.environ, **extra_env}
     env["LISTEN_PID"] = str(os.getpid())
     env["LISTEN_FDS"] = str(len(listeners))
     env["LISTEN_FDNAMES"] = ":".join("inherited" for _ in listeners)
