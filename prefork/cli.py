@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -10,12 +12,13 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, daemon, hooks, privileges
 from . import settings as settings_mod
-from .errors import EXIT_USAGE, ConfigError, PreforkError
-from .importer import add_to_path
+from .errors import EXIT_USAGE, BindError, ConfigError, PreforkError
+from .importer import Handler, add_to_path, load_handler
 from .log import Log
 from .settings import Settings
+from .upgrade import UPGRADE_VAR
 
 EXAMPLES_HINT = (
     "Missing APP: the handler to serve, as module:attribute.\n"
@@ -68,25 +71,105 @@ def run(app: str | None, **options: Any) -> None:
 
     handler(conn, addr) is called in a worker once per accepted connection.
     """
-    from .master import Master  # after the CLI is parsed: keeps --help fast
-
-    cli_values = {name: value for name, value in options.items() if value is not None}
-    if app is not None:
-        cli_values["app"] = _parse_app(app)
+    cli_values = _cli_values(app, options)
     environ = dict(os.environ)
     try:
         settings, _ = settings_mod.load(cli_values, environ)
         if not settings.app:
             raise click.UsageError(EXAMPLES_HINT)
-        prepare_process(settings)
-        log = open_log(settings)
-        master = Master(settings, log, reload_settings=lambda: settings_mod.load(cli_values, environ)[0])
-        status = master.run()
+        # A reload re-reads the same file even after --chdir: its path, made absolute, is pinned.
+        pinned = dict(cli_values, config=settings.config) if settings.config else cli_values
+        status = serve(settings, lambda: settings_mod.load(pinned, environ)[0])
     except PreforkError as exc:
         fail(exc, exc.exit_status)
     except KeyboardInterrupt:
         status = 0
     sys.exit(status)
+
+
+@main.command()
+@click.argument("app", required=False)
+@setting_options
+def check(app: str | None, **options: Any) -> None:
+    """Check settings, APP and binds as `prefork run` would, without serving.
+
+    Prints the effective configuration (as TOML, each value with where it came
+    from), imports the hooks and APP in a child process and test-binds every
+    address. Exit status 0 when all is well, 2 for a settings problem, 4 when the
+    app cannot be imported, 1 when an address cannot be bound.
+    """
+    from . import check as checks
+
+    try:
+        settings, origin = settings_mod.load(_cli_values(app, options), dict(os.environ))
+        for line in checks.effective_configuration(settings, origin):
+            click.echo(line)
+        prepare_process(settings)
+    except PreforkError as exc:
+        fail(exc, exc.exit_status)
+    status = 0
+    for what, problem in checks.run_checks(settings):
+        if problem is None:
+            click.echo(f"ok: {what}")
+            continue
+        click.echo(f"Error: {problem.message}", err=True)
+        status = status or problem.status
+    sys.exit(status)
+
+
+def _cli_values(app: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line (click already parsed each one)."""
+    values = {name: value for name, value in options.items() if value is not None}
+    if app is not None:
+        values["app"] = _parse_app(app)
+    return values
+
+
+def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
+    """Prepare this process as the settings say, then run the master until it stops."""
+    from .master import Master  # after the CLI is parsed: keeps --help fast
+
+    identity = privileges.resolve(settings.user, settings.group)
+    privileges.check_can_switch(identity)
+    if settings.daemon:
+        daemon.refuse_under_systemd(os.environ)
+    prepare_process(settings)
+    log = open_log(settings)
+    hooks.import_hooks(settings)
+    preloaded = preload_app(settings)
+    privileges.give_to(identity, [settings.log_file])
+    detached = settings.daemon and UPGRADE_VAR not in os.environ  # an upgrade's new master stays put
+    if detached:
+        check_binds_before_detaching(settings)
+        daemon.daemonize()
+    try:
+        return Master(settings, log, reload_settings=reload_settings, preloaded=preloaded).run()
+    except PreforkError as exc:
+        if detached:
+            logging.getLogger("prefork").error("%s", exc)  # our stderr is /dev/null now
+        raise
+
+
+def preload_app(settings: Settings) -> Handler | None:
+    """--preload: import the app here, in the master, once; workers fork with it loaded."""
+    if not settings.preload:
+        return None
+    handler = load_handler(settings)
+    gc.collect()  # before the master first freezes its objects for the forks: no garbage frozen in
+    logging.getLogger("prefork").info("preloaded app %s in the master", settings.app)
+    return handler
+
+
+def check_binds_before_detaching(settings: Settings) -> None:
+    """Report an address that cannot be bound while the terminal still shows it."""
+    from .check import check_bind
+
+    if "LISTEN_FDS" in os.environ:
+        return  # socket activation: nothing to bind
+    for address in settings.bind:
+        problem = check_bind(address, settings.reuse_port)
+        if problem is not None:
+            raise BindError(problem.message)
 
 
 def _parse_app(app: str) -> str:
@@ -97,7 +180,8 @@ def _parse_app(app: str) -> str:
 
 
 def prepare_process(settings: Settings) -> None:
-    """chdir and sys.path, before anything imports application code."""
+    """umask, chdir and sys.path, before anything creates files or imports application code."""
+    privileges.set_umask(settings.umask)
     if settings.chdir:
         try:
             os.chdir(settings.chdir)

@@ -9,6 +9,7 @@ through :attr:`Master.signal_table`, the whole signal policy on one screen.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import selectors
@@ -20,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from . import control, proctitle
+from . import control, hooks, privileges, proctitle
 from .endpoint import Endpoint
 from .errors import EXIT_APP, EXIT_BOOT, EXIT_OK, WORKER_EXIT_APP, AppImportError, BootError, ConfigError
 from .importer import Handler
@@ -140,6 +141,7 @@ class Master:
 
     def start(self) -> None:
         settings = self.settings
+        hooks.run("on_starting", settings, self)
         self.replaces = upgraded_from(os.environ)
         inherited = listeners_from_environment(os.environ)
         if inherited is not None:
@@ -167,6 +169,7 @@ class Master:
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, _record_only)
         log.info("master started (pid %d), %d workers, app %s", self.pid, self.num_workers, settings.app)
+        hooks.run("when_ready", self.settings, self)
 
     def wait(self, timeout: float | None) -> None:
         for key, _ in self.selector.select(timeout):
@@ -268,6 +271,8 @@ class Master:
 
     def handle_usr1(self) -> None:
         self.log.reopen()
+        # A new file is created as the master's user: let --user workers reopen it too.
+        privileges.give_to(privileges.resolve(self.settings.user, self.settings.group), [self.settings.log_file])
         log.info("USR1: log files reopened")
         self.signal_workers(signal.SIGUSR1)
 
@@ -327,6 +332,7 @@ class Master:
         self.notifier.reloading(self)
         try:
             new = self.reload_settings()
+            hooks.import_hooks(new)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.reload_failed(self, str(exc))
@@ -356,6 +362,7 @@ class Master:
         self.boot_failures = 0
         self.spawn_not_before = 0.0
         log.info("reloading: starting generation %d (%d workers)", self.pending, self.num_workers)
+        hooks.run("on_reload", new, self)
 
     def open_new_binds(self, new: Settings) -> None:
         """Open listeners for addresses added to the bind list (removed ones close on success)."""
@@ -441,6 +448,12 @@ class Master:
         listeners = self.worker_listeners(index, settings)
         if settings.threads > 1:
             make_nonblocking(listeners)  # its threads wait in epoll, never in a blocking accept()
+        record = WorkerProcess(0, index, generation, slot, time.monotonic())
+        hooks.run("pre_fork", settings, self, record)
+        if self.preloaded is not None:
+            # Move everything the app allocated out of the collector's reach, so that a
+            # collection in a worker does not write to (and so copy) the pages it shares.
+            gc.freeze()
         # Block our signals across fork: the child must not run the master's handlers
         # (nor write to its wake-up pipe) before installing its own.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -461,12 +474,14 @@ class Master:
                     close_fds=[self.wakeup_r, self.wakeup_w, self.events_r, self.selector.fileno(),
                                *(fd for endpoint in self.endpoints for fd in endpoint.fds())],
                     foreign=[lst for lst in self.all_listeners() if lst not in listeners],
+                    server=self,
                 ).run()
             finally:
                 os._exit(1)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.scoreboard.slots[slot].pid = pid
-        self.workers[pid] = WorkerProcess(pid, index, generation, slot, time.monotonic())
+        record.pid, record.started = pid, time.monotonic()
+        self.workers[pid] = record
         log.debug("spawned worker %d gen %d (pid %d)", index, generation, pid)
 
     def worker_listeners(self, index: int, settings: Settings) -> list[Listener]:
@@ -517,6 +532,7 @@ class Master:
                 self.stats.worker_gone(self.scoreboard.slots[worker.slot])
                 self.scoreboard.release(worker.slot)
                 self.worker_exited(worker, status)
+                hooks.run("worker_exit", self.settings, self, worker)
 
     def new_master_exited(self, status: int) -> None:
         if self.stopping:
@@ -700,6 +716,7 @@ class Master:
         self.selector.close()
         for fd in (self.wakeup_r, self.wakeup_w, self.events_r, self.events_w):
             os.close(fd)
+        hooks.run("on_exit", self.settings, self)
         log.info("master exiting")
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import privileges
 from .access import LOOPBACK, Network, network_list
 from .errors import ConfigError
 from .sockets import Address, Owner, parse_address, parse_owner
@@ -138,6 +140,57 @@ def app_spec(value: object) -> str | None:
     return spec
 
 
+def hook_spec(value: object) -> str | None:
+    """``module:function`` naming a hook; imported when the master starts (see hooks.py)."""
+    spec = text(value).strip()
+    if not spec:
+        return None
+    module, _, attr = spec.partition(":")
+    if not module or not attr or not all(part.isidentifier() for part in attr.split(".")):
+        raise ConfigError(f"{spec!r} is not of the form module:function")
+    return spec
+
+
+def user_name(value: object) -> str | None:
+    """A user name or numeric uid; a name must exist on this system."""
+    name = str(value).strip() if isinstance(value, int) and not isinstance(value, bool) else text(value).strip()
+    if name:
+        privileges.lookup_user(name)
+    return name or None
+
+
+def group_name(value: object) -> str | None:
+    """A group name or numeric gid; a name must exist on this system."""
+    name = str(value).strip() if isinstance(value, int) and not isinstance(value, bool) else text(value).strip()
+    if name:
+        privileges.lookup_group(name)
+    return name or None
+
+
+class FileMode(int):
+    """An int shown in octal (``0o027``), as modes and umasks are written."""
+
+    def __repr__(self) -> str:
+        return f"0o{int(self):03o}"
+
+    __str__ = __repr__
+
+
+def umask_value(value: object) -> int | None:
+    """An octal file mode mask: ``"027"`` or ``"0o027"`` in text, ``0o027`` in TOML."""
+    if isinstance(value, str):
+        digits = value.strip().lower().removeprefix("0o")
+        if not digits:
+            return None
+        try:
+            value = int(digits, 8)
+        except ValueError:
+            raise ConfigError(f"{value!r} is not an octal umask (expected e.g. 027)") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ConfigError(f"{value!r} is not a umask (expected an octal number 000-777, e.g. 027)")
+    return FileMode(value)
+
+
 def readable_file(value: object) -> str | None:
     """A path that must name a file we can read now (certificates, keys)."""
     path = text(value).strip()
@@ -230,6 +283,54 @@ class Settings:
     chdir: str | None = setting(
         None, help="Change to DIR before loading the app, and put DIR on sys.path.",
         parse=optional_text, metavar="DIR",
+    )
+    preload: bool = setting(
+        False, help="Import the app once in the master before forking (shared copy-on-write; HUP then "
+        "cannot reload app code, USR2 can).", parse=boolean, flag=True,
+    )
+    user: str | None = setting(
+        None, help="Workers run as this user (name or uid) once the master has bound; "
+        "supplementary groups from initgroups.", parse=user_name, metavar="USER", short="-u",
+    )
+    group: str | None = setting(
+        None, help="Workers run with this group (name or gid); default: the --user's primary group.",
+        parse=group_name, metavar="GROUP", short="-g",
+    )
+    umask: int | None = setting(
+        None, help="Set the process umask (octal, e.g. 027) before binding; also governs unix socket modes.",
+        parse=umask_value, metavar="MASK",
+    )
+    daemon: bool = setting(
+        False, help="Detach from the terminal (double fork, setsid, stdio to /dev/null); not under systemd.",
+        parse=boolean, flag=True,
+    )
+    on_starting: str | None = setting(
+        None, help="Hook on_starting(server): in the master, before it binds.",
+        parse=hook_spec, metavar="MODULE:FUNC",
+    )
+    when_ready: str | None = setting(
+        None, help="Hook when_ready(server): in the master, once it listens, before the first fork.",
+        parse=hook_spec, metavar="MODULE:FUNC",
+    )
+    pre_fork: str | None = setting(
+        None, help="Hook pre_fork(server, worker): in the master just before forking; worker is the "
+        "master's record (index, generation; pid 0 until forked).", parse=hook_spec, metavar="MODULE:FUNC",
+    )
+    post_fork: str | None = setting(
+        None, help="Hook post_fork(server, worker): in the new worker, before privileges drop and the app "
+        "loads; worker is the Worker; raising fails the boot.", parse=hook_spec, metavar="MODULE:FUNC",
+    )
+    worker_exit: str | None = setting(
+        None, help="Hook worker_exit(server, worker): in the master after reaping a worker; worker is the "
+        "master's record (pid, index, generation).", parse=hook_spec, metavar="MODULE:FUNC",
+    )
+    on_reload: str | None = setting(
+        None, help="Hook on_reload(server): in the master on HUP, once the new settings are accepted.",
+        parse=hook_spec, metavar="MODULE:FUNC",
+    )
+    on_exit: str | None = setting(
+        None, help="Hook on_exit(server): in the master just before it exits.",
+        parse=hook_spec, metavar="MODULE:FUNC",
     )
     threads: int = setting(
         1, help="Threads per worker, each accepting and serving connections itself.",
@@ -336,10 +437,11 @@ def default_text(f: dataclasses.Field[Any], meta: Meta) -> str:
     return str(value)
 
 
-def _unknown(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _names(), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"{where}: unknown setting {key!r}{hint}")
+def _unknown(key: str, where: str, spell: Callable[[str], str] = repr) -> ConfigError:
+    """An unknown setting, with the closest declared one as a suggestion."""
+    close = difflib.get_close_matches(key, [name for name in _names() if name != "config"], n=1)
+    hint = f" (did you mean {spell(close[0])}?)" if close else ""
+    return ConfigError(f"{where}: unknown setting {spell(key)}{hint}")
 
 
 def _parse(name: str, value: object, where: str) -> Any:
@@ -350,21 +452,65 @@ def _parse(name: str, value: object, where: str) -> Any:
         raise ConfigError(f"{where}: {name}: {exc}") from None
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """Parse a TOML config file into setting values, naming the file on any error."""
+def _key_line(source: str, key: str) -> int | None:
+    """The line where ``key`` is assigned (or opens a table), for pointing at the mistake."""
+    pattern = rf"^[ \t]*(?:\[+[ \t]*)?[\"']?{re.escape(key)}[\"']?[ \t]*[=\].]"
+    match = re.search(pattern, source, re.MULTILINE)
+    return source.count("\n", 0, match.start()) + 1 if match else None
+
+
+def _toml_error(path: str, source: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    """``FILE, line L, column C: invalid TOML: what`` from tomllib's message."""
+    message = str(exc)
+    match = re.search(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$", message)
+    if match is None:
+        return ConfigError(f"{path}: invalid TOML: {message}")
+    if match[1]:
+        line, column = int(match[1]), int(match[2])
+    else:  # the file ended in the middle of something: point at its end
+        lines = source.split("\n")
+        line, column = len(lines), len(lines[-1]) + 1
+    return ConfigError(f"{path}, line {line}, column {column}: invalid TOML: {message[: match.start()]}")
+
+
+def _read_toml(path: str) -> tuple[dict[str, Any], str]:
+    """The parsed file and its text; ConfigError naming the file, line and column."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}, line {line}: invalid TOML: the file is not UTF-8 text") from None
+    try:
+        return tomllib.loads(source), source
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise _toml_error(path, source, exc) from None
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Parse a TOML config file into setting values, naming the file and line on any error."""
+    data, source = _read_toml(path)
     values: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in Settings.__dataclass_fields__ or key == "config":
-            raise _unknown(key, path)
-        values[key] = _parse(key, value, path)
+        line = _key_line(source, key)
+        where = f"{path}, line {line}" if line else path
+        if key == "config":
+            raise ConfigError(f"{where}: 'config' cannot be set in a config file (use -c or PREFORK_CONFIG)")
+        if key not in Settings.__dataclass_fields__ and isinstance(value, dict):
+            raise ConfigError(f"{where}: unknown table [{key}] (settings are top-level keys, before any table)")
+        if key not in Settings.__dataclass_fields__:
+            raise _unknown(key, where)
+        values[key] = _parse(key, value, where)
     return values
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets ``name``."""
+    return ENV_PREFIX + name.upper()
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -375,7 +521,7 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = var[len(ENV_PREFIX) :].lower()
         if key not in Settings.__dataclass_fields__:
-            raise _unknown(key, f"environment variable {var}")
+            raise _unknown(key, "environment", spell=env_var)
         values[key] = _parse(key, value, f"environment variable {var}")
     return values
 
@@ -384,14 +530,23 @@ def load(cli: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Settings, 
     """Build the Settings from defaults < file < env < CLI, and where each value came from.
 
     ``cli`` holds only the options given on the command line, already parsed.
+    The config file's path is made absolute, so that a reload after ``--chdir``
+    reads the same file (reload with ``dict(cli, config=settings.config)``).
     """
     env = read_environment(environ)
     config_path = cli.get("config") or env.get("config")
     from_file = read_file(config_path) if config_path else {}
     values: dict[str, Any] = {}
     origin: dict[str, str] = {name: "default" for name in _names()}
-    for source, layer in ((f"file {config_path}", from_file), ("env", env), ("command line", cli)):
+    layers: list[tuple[Callable[[str], str], Mapping[str, Any]]] = [
+        (lambda key: f"file {config_path}", from_file),
+        (lambda key: f"env {env_var(key)}", env),
+        (lambda key: "command line", cli),
+    ]
+    for source, layer in layers:
         for key, value in layer.items():
             values[key] = value
-            origin[key] = source
+            origin[key] = source(key)
+    if config_path:
+        values["config"] = os.path.abspath(config_path)
     return Settings(**values), origin

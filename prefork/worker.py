@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from . import proctitle
+from . import hooks, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
 from .importer import Handler, load_handler
@@ -79,6 +79,7 @@ class Worker:
         handler: Handler | None,
         close_fds: list[int],
         foreign: list[Listener],
+        server: Any = None,
     ) -> None:
         self.settings = settings
         self.listeners = listeners
@@ -92,6 +93,7 @@ class Worker:
         self.handler = handler
         self.close_fds = close_fds
         self.foreign = foreign
+        self.server = server  # the master (our forked copy), for the post_fork hook
         # PROXY header, access rules, TLS, timeouts (connection.py); None: hand over as accepted.
         self.prepare: Prepare | None = None
         self.alive = True
@@ -125,6 +127,11 @@ class Worker:
             log.error("worker boot failed: %s", exc)
             return WORKER_EXIT_BOOT
         try:
+            self.post_fork_and_drop_privileges()
+        except (hooks.HookError, PreforkError) as exc:
+            log.error("worker boot failed: %s", exc)
+            return WORKER_EXIT_BOOT
+        try:
             handler = self.handler or load_handler(self.settings)
         except AppImportError as exc:
             show = exc.show_traceback or log.isEnabledFor(logging.DEBUG)
@@ -144,6 +151,24 @@ class Worker:
         if self.scoreboard.header.shutting_down:
             self.drain(handler)
         return WORKER_EXIT_OK
+
+    def post_fork_and_drop_privileges(self) -> None:
+        """The post_fork hook (still with the master's privileges, as in gunicorn), then --user/--group.
+
+        Both come before the app is imported, so that app code never runs as root
+        when the workers are meant not to.
+        """
+        hooks.run_or_raise("post_fork", self.settings, self.server, self)
+        identity = privileges.resolve(self.settings.user, self.settings.group)
+        if identity is None:
+            return
+        privileges.drop_privileges(identity)
+        # Changing credentials clears the parent-death signal: arm it again, and check
+        # that the master did not die in between.
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != self.master_pid:
+            os._exit(WORKER_EXIT_OK)
+        log.debug("running as %s", identity)
 
     def setup_process(self) -> None:
         """Signals, parent-death signal, title, faulthandler; runs first after fork."""

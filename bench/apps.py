@@ -1,0 +1,25 @@
+"""Handlers the benchmarks run under prefork (``bench.apps:pid``, ``bench.apps:probe``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+def pid(conn: socket.socket, addr: Any) -> None:
+    """Answer with the serving worker's pid and close: counts connections per worker."""
+    conn.sendall(b"%d\n" % os.getpid())
+
+
+def probe(conn: socket.socket, addr: Any) -> None:
+    """Read one command byte, answer with our pid; on b"h" stay busy until the client closes.
+
+    Holding workers busy is how the recovery benchmarks make sure the next
+    connection can only be accepted by the worker they are waiting for.
+    """
+    command = conn.recv(1)
+    conn.sendall(b"%d\n" % os.getpid())
+    if command == b"h":
+        while conn.recv(4096):
+            pass

@@ -1,0 +1,118 @@
+"""Footprint: memory, idle cost, and whether 100 reloads leak anything."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from functools import partial
+from pathlib import Path
+
+import psutil
+
+from . import servers
+from .plan import Plan
+from .report import Section, Table, median
+
+MB = 1024 * 1024
+
+
+def run(plan: Plan) -> Section:
+    n = plan.fairness_workers
+    section = Section("Footprint")
+    memory = Table(f"Memory, N = {n} idle workers (MB)", ["server", "master RSS", "worker USS (median)",
+                                                          "worker RSS (median)"], summary=True)
+    idle = Table(f"Idle cost over {plan.idle_seconds:g} s", ["server", "master CPU (ms)", "master wake-ups/s",
+                                                             "workers' CPU (ms)"], summary=True)
+    variants = {"prefork": servers.prefork("prefork.examples:echo", n),
+                "prefork --preload": servers.prefork("prefork.examples:echo", n, extra=["--preload"]),
+                "floor (reference)": servers.floor(n)}
+    try:
+        for server in variants.values():
+            server.start()
+        for server in variants.values():
+            servers.wait_echo(server)
+        time.sleep(0.2 if plan.smoke else 1.0)  # let boot-time allocations settle
+        for name, server in variants.items():
+            memory.add(name, *memory_of(server))
+        # One window for all three: each is idle while the others are.
+        for name, cost in idle_costs(variants, plan.idle_seconds).items():
+            idle.add(name, *cost)
+    finally:
+        for server in variants.values():
+            server.stop()
+    memory.notes.append("USS = memory only that process holds (psutil); a worker's shared copy-on-write pages "
+                        "with the master are not in it.")
+    idle.notes.append("Wake-ups = voluntary + involuntary context switches of the master (/proc/PID/status). "
+                      "Target: no measurable CPU, at most one wake-up a second.")
+    section.tables += [memory, idle, reloads(plan)]
+    return section
+
+
+def memory_of(server: servers.BenchServer) -> tuple[float, float, float]:
+    master = psutil.Process(server.pid)
+    uss, rss = [], []
+    for pid in server.worker_pids():
+        with contextlib.suppress(psutil.Error):
+            info = psutil.Process(pid).memory_full_info()
+            uss.append(info.uss / MB)
+            rss.append(info.rss / MB)
+    return master.memory_info().rss / MB, median(uss), median(rss)
+
+
+def context_switches(pid: int) -> int:
+    total = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            total += int(line.split()[1])
+    return total
+
+
+def idle_costs(group: dict[str, servers.BenchServer], seconds: float) -> dict[str, tuple[float, float, float]]:
+    """Per server: master CPU (ms), master wake-ups per second, workers' CPU (ms) over ``seconds``."""
+    masters = {name: psutil.Process(server.pid) for name, server in group.items()}
+    workers = {name: [psutil.Process(pid) for pid in server.worker_pids()] for name, server in group.items()}
+
+    def snapshot(name: str) -> tuple[float, int, float]:
+        master = masters[name]
+        return _cpu(master), context_switches(master.pid), sum(_cpu(w) for w in workers[name])
+
+    before = {name: snapshot(name) for name in group}
+    time.sleep(seconds)
+    costs = {}
+    for name in group:
+        (cpu0, switches0, workers0), (cpu1, switches1, workers1) = before[name], snapshot(name)
+        costs[name] = (1000 * (cpu1 - cpu0), (switches1 - switches0) / seconds, 1000 * (workers1 - workers0))
+    return costs
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def reloads_done(server: servers.BenchServer, count: int) -> bool:
+    return server.log().count(b"reload done") >= count
+
+
+def reloads(plan: Plan) -> Table:
+    """HUP, wait until the new generation serves and the old one has exited; ``plan.reloads`` times."""
+    n = 2
+    table = Table(f"After {plan.reloads} HUP reloads (N = {n})", ["", "before", "after"], summary=True)
+    with servers.prefork("prefork.examples:echo", n).start() as server:
+        server.wait_booted()
+        master = psutil.Process(server.pid)
+        fds0, rss0, children0 = master.num_fds(), master.memory_info().rss / MB, len(server.worker_pids())
+        times = []
+        for done in range(1, plan.reloads + 1):
+            start = time.monotonic()
+            server.signal(signal.SIGHUP)
+            servers.wait_for(partial(reloads_done, server, done), 30.0, f"reload {done}")
+            servers.wait_for(lambda: len(server.worker_pids()) == n, 30.0, "the old generation to exit")
+            times.append(1000 * (time.monotonic() - start))
+        fds1, rss1, children1 = master.num_fds(), master.memory_info().rss / MB, len(server.worker_pids())
+    table.add("master open fds", fds0, fds1)
+    table.add("master RSS (MB)", rss0, rss1)
+    table.add("workers", children0, children1)
+    table.add("reload time, median ms (HUP → old generation exited)", "", median(times))
+    return table

@@ -1,0 +1,94 @@
+"""Issue 4: hooks are called at their points, in the right process, with the documented arguments."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from conftest import Server, wait_for
+
+from prefork.hooks import HOOK_NAMES
+
+ALL_HOOKS = [arg for name in HOOK_NAMES for arg in (f"--{name.replace('_', '-')}", f"hookapps:{name}")]
+
+
+def calls(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def named(path: Path, hook: str) -> list[dict[str, Any]]:
+    return [call for call in calls(path) if call["hook"] == hook]
+
+
+def test_every_hook_is_called_in_the_right_process(server: Server, tmp_path: Path) -> None:
+    record = tmp_path / "hooks.jsonl"
+    server.start(*ALL_HOOKS, workers=2, env={"HOOK_LOG": str(record)}).wait_ready(2)
+    master = server.pid
+    first = server.serving_pids()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload done" in server.log() and len(server.serving_pids()) == 2
+             and not server.serving_pids() & first, timeout=30, what=f"reload; log:\n{server.log()}")
+    wait_for(lambda: len(named(record, "worker_exit")) >= 2, what="old generation reaped")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    log = calls(record)
+    order = [call["hook"] for call in log]
+    assert order[:3] == ["on_starting", "when_ready", "pre_fork"], order
+    assert order[-1] == "on_exit"
+    for call in log:
+        assert call["server"] == "Master" and call["server_pid"] == master
+        if call["hook"] == "post_fork":  # in the new worker, with the Worker object
+            assert call["ppid"] == master and call["pid"] != master, call
+            assert call["worker"] == "Worker" and call["worker_pid"] is None
+        else:  # everything else runs in the master
+            assert call["pid"] == master, call
+    forks = named(record, "pre_fork")
+    assert {(c["worker"], c["worker_pid"]) for c in forks} == {("WorkerProcess", 0)}  # not forked yet
+    assert sorted((c["index"], c["generation"]) for c in forks) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert {c["pid"] for c in named(record, "post_fork")} == server.booted_pids()
+    exits = named(record, "worker_exit")
+    assert {c["worker"] for c in exits} == {"WorkerProcess"}
+    assert {c["worker_pid"] for c in exits} == server.booted_pids()  # every worker, old and new
+    (reload,) = named(record, "on_reload")
+    assert reload["pending"] == 2  # called with the new settings accepted
+    assert order.index("on_reload") < max(i for i, c in enumerate(log) if c["hook"] == "pre_fork")
+
+
+def test_failing_hooks_are_logged_and_the_server_carries_on(server: Server) -> None:
+    server.start("--on-starting", "hookapps:fail", "--pre-fork", "hookapps:fail", "--worker-exit",
+                 "hookapps:fail", workers=1).wait_ready(1)
+    log = server.log()
+    assert "hook on_starting (hookapps:fail) failed" in log and "hook failed on purpose" in log
+    assert "hook pre_fork (hookapps:fail) failed" in log
+    assert server.ask_pid() in server.worker_pids()
+
+
+def test_post_fork_failure_is_a_boot_failure(server: Server) -> None:
+    server.start("--post-fork", "hookapps:fail", workers=1)
+    assert server.wait_exit(timeout=60) == 3  # EXIT_BOOT: workers kept failing to boot
+    log = server.log()
+    assert "hook post_fork (hookapps:fail) failed" in log and "RuntimeError: hook failed on purpose" in log
+    assert "exited during boot (exit status 3)" in log
+
+
+def test_unimportable_hook_refuses_to_start(server: Server) -> None:
+    server.start("--when-ready", "hookapps:missing")
+    assert server.wait_exit() == 2
+    assert ("Error: when_ready: cannot import hook 'hookapps:missing': module 'hookapps' has no attribute"
+            in server.log())
+
+
+def test_unimportable_hook_on_reload_keeps_the_running_configuration(server: Server, tmp_path: Path) -> None:
+    config = tmp_path / "app.toml"
+    config.write_text("workers = 1\n")
+    server.start("-c", str(config), workers=None).wait_ready(1)
+    before = server.worker_pids()
+    config.write_text('workers = 1\non_exit = "nosuchhookmodule:f"\n')
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log(), what="refusal")
+    assert "on_exit: cannot import hook 'nosuchhookmodule:f'" in server.log()
+    assert server.worker_pids() == before
