@@ -112,11 +112,13 @@ def ask(server: Server, source: str = "127.0.0.1", address: tuple[str, int] | No
     with socket.socket(family) as sock:
         sock.settimeout(20)
         sock.bind((source, 0))
+        sock.connect(address or server.address)
         try:
-            sock.connect(address or server.address)
             sock.shutdown(socket.SHUT_WR)
             return sock.recv(1000).decode().strip()
-        except (ConnectionResetError, BrokenPipeError):
+        except TimeoutError:
+            raise  # neither served nor closed: a failure
+        except OSError:  # reset, or already closed (ENOTCONN): refused
             return ""
 
 

@@ -190,7 +190,9 @@ def ask(server: Server, payload: bytes, source: str = "127.0.0.1") -> bytes:
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             return sock.recv(1000)
-        except (ConnectionResetError, BrokenPipeError):
+        except TimeoutError:
+            raise  # neither served nor closed: a failure
+        except OSError:  # reset, or already closed (ENOTCONN): refused
             return b""
 
 

@@ -51,7 +51,9 @@ def plain_ask(server: Server, payload: bytes) -> bytes:
             while chunk := sock.recv(1000):
                 data += chunk
             return data
-        except (ConnectionResetError, BrokenPipeError):
+        except TimeoutError:
+            raise  # neither served nor closed: a failure
+        except OSError:  # reset, or already closed (ENOTCONN): refused
             return b""
 
 
