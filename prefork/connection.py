@@ -147,8 +147,9 @@ class Preparer:
 
         Our own slot already shows this client (marked before counting), so two
         workers racing on the same host may both refuse, but never both admit.
+        (One slot per worker is one connection per worker: hence no --threads.)
         """
-        busy = count_busy_from(self.scoreboard, peer_prefix(self.slot.peer_text))
+        busy = count_busy_from(self.scoreboard, peer_prefix(self.format_peer(addr)))
         if busy > self.settings.max_per_source:
             raise self.refuse(addr, f"{busy - 1} connections from this host already served (--max-per-source)")
 

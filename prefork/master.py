@@ -27,6 +27,7 @@ from .errors import EXIT_APP, EXIT_BOOT, EXIT_OK, WORKER_EXIT_APP, AppImportErro
 from .importer import Handler
 from .log import Log
 from .pidfile import Pidfile
+from .pool import Pool
 from .scoreboard import BUSY, Scoreboard
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
@@ -102,6 +103,7 @@ class Master:
         self.halt_error: Exception | None = None
         self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         self.stats = Stats()  # counters for status and metrics
+        self.pool = Pool()  # --max-workers: sets num_workers from the scoreboard
         self.endpoints: list[Endpoint] = []  # control socket, metrics: answered in our loop
         self.selector = selectors.DefaultSelector()
         self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -183,6 +185,9 @@ class Master:
             deadlines.append(self.spawn_not_before)
         if self.workers and self.settings.timeout:
             deadlines.append(self.next_stuck_check(now))
+        pool = self.pool.deadline(self.settings)
+        if pool is not None:
+            deadlines.append(pool)  # the adaptive pool reads the scoreboard once a second
         if self.workers and self.settings.max_worker_memory:
             deadlines.append(self.next_memory_check)
         watchdog = self.notifier.watchdog_deadline()
@@ -420,6 +425,7 @@ class Master:
             return
         self.check_workers()
         self.kill_overdue()
+        self.pool.adjust(self, time.monotonic())
         self.spawn_missing_workers()
         self.retire_surplus()
         self.retire_replaced()

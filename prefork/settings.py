@@ -340,6 +340,21 @@ class Settings:
         None, help="Serve Prometheus metrics at http://ADDR/metrics from the master (set at start).",
         parse=optional_address, metavar="ADDR",
     )
+    max_workers: int = setting(
+        0, help="Adaptive pool: grow up to N workers under load (0 = a fixed pool of --workers).",
+        parse=integer(0), metavar="N",
+    )
+    min_workers: int = setting(
+        1, help="Adaptive pool: never fewer than N workers.", parse=integer(1), metavar="N",
+    )
+    spare: int = setting(
+        1, help="Adaptive pool: keep N idle workers ready; fork more when fewer are idle.",
+        parse=integer(1), metavar="N",
+    )
+    idle_retire: float = setting(
+        10.0, help="Adaptive pool: retire surplus idle workers once they have been surplus this long.",
+        parse=seconds, metavar="SECONDS",
+    )
     # --- who may connect, and what a connection may do (connection.py) ---
     allow: tuple[Network, ...] = setting(
         (), help="Serve only clients in this network (CIDR or address; repeatable; IPv4 and IPv6).",
@@ -407,6 +422,9 @@ def check_connection_settings(settings: Settings) -> None:
         raise ConfigError("ca_certs: client certificates need TLS (certfile)")
     if settings.verify_client and not settings.ca_certs:
         raise ConfigError("verify_client: needs ca_certs (the CAs that sign client certificates)")
+    if settings.max_per_source and settings.threads > 1:
+        # The scoreboard shows one connection per worker, which is what the limit counts.
+        raise ConfigError("max_per_source: counts one connection per worker; it cannot be used with threads > 1")
     if settings.certfile:
         make_context(settings.certfile, settings.keyfile, settings.ca_certs, settings.verify_client)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from .scoreboard import BUSY, STATE_NAMES, Slot
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .master import Master, WorkerProcess
@@ -73,6 +74,7 @@ def snapshot(master: Master) -> dict[str, Any]:
             "threads": settings.threads,
             "stopping": master.stopping or None,
             "graceful_timeout": settings.graceful_timeout,
+            "pool": pool_report(settings),
         },
         "stats": {
             "connections": master.stats.retired_requests + sum(r["requests"] for r in reports),
@@ -84,6 +86,14 @@ def snapshot(master: Master) -> dict[str, Any]:
         },
         "workers": reports,
     }
+
+
+def pool_report(settings: Settings) -> dict[str, Any] | None:
+    """The adaptive pool's bounds, or None for a fixed number of workers."""
+    if not settings.max_workers:
+        return None
+    return {"min_workers": settings.min_workers, "max_workers": max(settings.min_workers, settings.max_workers),
+            "spare": settings.spare, "idle_retire": settings.idle_retire}
 
 
 def worker_report(worker: WorkerProcess, slot: Slot, now: float) -> dict[str, Any]:
@@ -162,6 +172,8 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         f"prefork master {m['pid']} [{m['name']}]  up {duration(now - m['started'])}  {generation}"
         f"  workers {len(live)}/{m['target_workers']}"
         + (f" x {m['threads']} threads" if m["threads"] > 1 else "")
+        + (f" (pool {m['pool']['min_workers']}-{m['pool']['max_workers']}, spare {m['pool']['spare']})"
+           if m.get("pool") else "")
         + (f"  STOPPING ({m['stopping']})" if m["stopping"] else ""),
         "listening on " + (", ".join(m["listeners"]) or "nothing"),
         f"connections {stats['connections']}  restarts {restarts_text(stats['restarts'])}"

@@ -101,6 +101,8 @@ def test_settings_from_file_and_environment(tmp_path: Path) -> None:
 def test_settings_refuse_incoherent_combinations() -> None:
     with pytest.raises(ConfigError, match="needs ca_certs"):
         Settings(verify_client=True)
+    with pytest.raises(ConfigError, match="threads"):
+        Settings(max_per_source=2, threads=4)
 
 
 # --- the real server ---
