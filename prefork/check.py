@@ -7,6 +7,7 @@ status of the first (config 2, app 4, bind 1).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import select
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from . import hooks, privileges
 from .daemon import refuse_under_systemd
 from .docs import toml_value
-from .errors import EXIT_APP, EXIT_BIND, EXIT_USAGE, AppImportError, PreforkError
+from .errors import EXIT_APP, EXIT_BIND, EXIT_USAGE, AppImportError, BindError, ConfigError, PreforkError
 from .importer import import_app
 from .settings import Settings
 from .sockets import Address
@@ -34,6 +35,11 @@ DEFAULT_IMPORT_TIMEOUT = 30.0  # seconds, when --timeout is 0 (off)
 class Problem:
     status: int
     message: str
+
+    def error(self) -> PreforkError:
+        """The exception ``prefork run`` would have raised (for the CLI to map to ``status``)."""
+        kinds: dict[int, type[PreforkError]] = {EXIT_APP: AppImportError, EXIT_BIND: BindError}
+        return kinds.get(self.status, ConfigError)(self.message)
 
 
 def effective_configuration(settings: Settings, origin: dict[str, str]) -> Iterator[str]:
@@ -129,20 +135,21 @@ def _kill(pid: int) -> None:
 # --- binds ---
 
 
-def check_bind(address: Address, reuse_port: bool) -> Problem | None:
+def check_bind(address: Address, reuse_port: bool, setting: str = "bind") -> Problem | None:
     """Could ``address`` be bound now? Binds (TCP) or inspects (unix, fd://) without listening."""
+    what = f"{setting} {address}"
     if address.kind == "unix":
-        return _check_unix(address.path)
+        return _check_unix(address.path, what)
     if address.kind == "fd":
-        return _check_fd(address.fd)
-    return _check_tcp(address, reuse_port)
+        return _check_fd(address.fd, what)
+    return _check_tcp(address, reuse_port, what)
 
 
-def _check_tcp(address: Address, reuse_port: bool) -> Problem | None:
+def _check_tcp(address: Address, reuse_port: bool, what: str) -> Problem | None:
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        return Problem(EXIT_BIND, f"bind {address}: cannot resolve {address.host!r}: {exc.strerror}")
+        return Problem(EXIT_BIND, f"{what}: cannot resolve {address.host!r}: {exc.strerror}")
     family, type_, proto, _, sockaddr = infos[0]
     with socket.socket(family, type_, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the master does
@@ -153,7 +160,7 @@ def _check_tcp(address: Address, reuse_port: bool) -> Problem | None:
         try:
             sock.bind(sockaddr)
         except OSError as exc:
-            return Problem(EXIT_BIND, f"bind {address}: {os.strerror(exc.errno or 0)}{_bind_hint(exc, address)}")
+            return Problem(EXIT_BIND, f"{what}: {os.strerror(exc.errno or 0)}{_bind_hint(exc, address)}")
     return None
 
 
@@ -165,38 +172,38 @@ def _bind_hint(exc: OSError, address: Address) -> str:
     return ""
 
 
-def _check_unix(path: str) -> Problem | None:
+def _check_unix(path: str, what: str) -> Problem | None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        return Problem(EXIT_BIND, f"bind unix:{path}: directory {directory} does not exist")
+        return Problem(EXIT_BIND, f"{what}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
-        return Problem(EXIT_BIND, f"bind unix:{path}: directory {directory} is not writable")
+        return Problem(EXIT_BIND, f"{what}: directory {directory} is not writable")
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return None
     if not stat.S_ISSOCK(mode):
-        return Problem(EXIT_BIND, f"bind unix:{path}: the file exists and is not a socket")
+        return Problem(EXIT_BIND, f"{what}: the file exists and is not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(path)
         except OSError:
             return None  # a stale socket file: the server removes it when it starts
-    return Problem(EXIT_BIND, f"bind unix:{path}: another server is listening on it")
+    return Problem(EXIT_BIND, f"{what}: another server is listening on it")
 
 
-def _check_fd(fd: int) -> Problem | None:
+def _check_fd(fd: int, what: str) -> Problem | None:
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        return Problem(EXIT_BIND, f"bind fd://{fd}: {exc.strerror}")
+        return Problem(EXIT_BIND, f"{what}: {exc.strerror}")
     try:
         listening = sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError:
         listening = False
     finally:
         sock.detach()
-    return None if listening else Problem(EXIT_BIND, f"bind fd://{fd}: not a listening stream socket")
+    return None if listening else Problem(EXIT_BIND, f"{what}: not a listening stream socket")
 
 
 def check_settings(settings: Settings) -> Problem | None:
@@ -221,3 +228,13 @@ def run_checks(settings: Settings) -> Iterator[tuple[str, Problem | None]]:
         yield f"app {settings.app} imports {where}", check_imports(settings)
     for address in settings.bind:
         yield f"bind {address}", check_bind(address, settings.reuse_port)
+    for name, address in other_addresses(settings):
+        yield f"{name} {address}", check_bind(address, False, name)
+
+
+def other_addresses(settings: Settings) -> Iterator[tuple[str, Address]]:
+    """Addresses the master binds besides --bind (--metrics-bind, say): any setting holding one."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name != "bind" and isinstance(value, Address) and value not in settings.bind:
+            yield f.name, value

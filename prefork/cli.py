@@ -14,7 +14,7 @@ import click
 
 from . import __version__, daemon, hooks, privileges
 from . import settings as settings_mod
-from .errors import EXIT_USAGE, BindError, ConfigError, PreforkError
+from .errors import EXIT_USAGE, ConfigError, PreforkError
 from .importer import Handler, add_to_path, load_handler
 from .log import Log
 from .settings import Settings
@@ -140,7 +140,7 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     privileges.give_to(identity, [settings.log_file])
     detached = settings.daemon and UPGRADE_VAR not in os.environ  # an upgrade's new master stays put
     if detached:
-        check_binds_before_detaching(settings)
+        check_before_detaching(settings)
         daemon.daemonize()
     try:
         return Master(settings, log, reload_settings=reload_settings, preloaded=preloaded).run()
@@ -160,16 +160,15 @@ def preload_app(settings: Settings) -> Handler | None:
     return handler
 
 
-def check_binds_before_detaching(settings: Settings) -> None:
-    """Report an address that cannot be bound while the terminal still shows it."""
-    from .check import check_bind
+def check_before_detaching(settings: Settings) -> None:
+    """What would fail once detached (the app's import, a bind), reported while the terminal shows it."""
+    from . import check as checks
 
-    if "LISTEN_FDS" in os.environ:
-        return  # socket activation: nothing to bind
-    for address in settings.bind:
-        problem = check_bind(address, settings.reuse_port)
-        if problem is not None:
-            raise BindError(problem.message)
+    problem = None if settings.preload else checks.check_imports(settings)  # preloaded: already imported
+    if problem is None and "LISTEN_FDS" not in os.environ:  # socket activation: nothing to bind
+        problem = next(filter(None, (checks.check_bind(a, settings.reuse_port) for a in settings.bind)), None)
+    if problem is not None:
+        raise problem.error()
 
 
 def _parse_app(app: str) -> str:

@@ -343,6 +343,9 @@ class Master:
             self.notifier.reload_failed(self, str(exc))
             self.stats.reload_failed(str(exc))
             return
+        if self.preloaded is not None:
+            log.warning("--preload: new workers reuse the app loaded at start (%s); "
+                        "only a binary upgrade (USR2) loads new app code", self.settings.app)
         self.apply_reload(new)
 
     # --- reload ---

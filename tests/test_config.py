@@ -174,14 +174,31 @@ def test_precedence_end_to_end(tmp_path: Path) -> None:
     """All three sources at once, through `prefork check`'s report of origins."""
     (tmp_path / "app.toml").write_text(
         'app = "testapps:pid"\nworkers = 3\nbacklog = 30\nmax_requests = 10\nbind = ["127.0.0.1:0"]\n')
-    result = prefork("check", "-c", "app.toml", "--workers", "7", cwd=tmp_path,
-                     env={"PREFORK_WORKERS": "5", "PREFORK_BACKLOG": "50"})
+    result = prefork("check", "-c", "app.toml", "--workers", "7", "--no-reuse-port", cwd=tmp_path,
+                     env={"PREFORK_WORKERS": "5", "PREFORK_BACKLOG": "50", "PREFORK_REUSE_PORT": "yes"})
     assert result.returncode == 0, result.stderr
     lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines() if " = " in line}
     assert re.match(r"workers = 7 +# command line$", lines["workers"])
     assert re.match(r"backlog = 50 +# env PREFORK_BACKLOG$", lines["backlog"])
     assert re.match(r"max_requests = 10 +# file app.toml$", lines["max_requests"])
     assert re.match(r"graceful_timeout = 30 +# default$", lines["graceful_timeout"])
+    assert re.match(r"reuse_port = false +# command line$", lines["reuse_port"])  # --no-X beats env
+
+
+def test_check_test_binds_other_addresses_too(tmp_path: Path) -> None:
+    """Any other address setting (--metrics-bind) is test-bound like --bind."""
+    names = [f.name for f in dataclasses.fields(Settings)
+             if f.name != "bind" and "ADDR" in f.metadata["meta"].metavar and not f.metadata["meta"].multiple]
+    if not names:
+        pytest.skip("no other address setting declared")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        option = "--" + names[0].replace("_", "-")
+        result = prefork("check", "-b", "127.0.0.1:0", option, f"127.0.0.1:{port}", "testapps:pid", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{names[0]} 127.0.0.1:{port}: Address already in use" in result.stderr
 
 
 # --- prefork check ---

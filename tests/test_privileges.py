@@ -176,7 +176,10 @@ def test_preload_imports_once_in_the_master(server: Server, tmp_path: Path) -> N
     assert server.ask_pid() in server.worker_pids()
     server.signal(signal.SIGTTIN)  # a worker forked later still uses the master's copy
     server.wait_ready(3)
+    server.signal(signal.SIGHUP)  # so does a new generation
+    wait_for(lambda: "reload done" in server.log(), timeout=30, what="reload")
     assert record.read_text().split() == [str(server.pid)]
+    assert "--preload: new workers reuse the app loaded at start" in server.log()
 
 
 def test_without_preload_each_worker_imports(server: Server, tmp_path: Path) -> None:
@@ -247,3 +250,13 @@ def test_daemon_reports_a_busy_address_before_detaching(tmp_path: Path) -> None:
              "testapps:pid"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "Address already in use" in result.stderr
+
+
+def test_daemon_reports_an_app_that_cannot_import_before_detaching(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFORK_") and k != "NOTIFY_SOCKET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+    result = subprocess.run(
+        [sys.executable, "-m", "prefork", "run", "--daemon", "-b", f"127.0.0.1:{free_port()}", "nosuchmodule:app"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4
+    assert "Error: cannot import app 'nosuchmodule:app': no module named 'nosuchmodule'" in result.stderr
