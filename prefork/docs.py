@@ -104,9 +104,11 @@ SETTINGS_NOTES = """\
 **Hooks** name `module:function` callables. `server` is the master (`Master`); a
 master-side `worker` is the master's record of that worker (`pid`, `index`,
 `generation`), the `post_fork` one is the worker's own `Worker` object. Hook modules
-are imported in the master at start and on HUP (a hook that cannot be imported is a
-configuration error); an exception in a hook is logged and the server carries on,
-except in `post_fork`, where it fails that worker's boot (exit status 3).
+are imported in the master at start and checked again on HUP (a hook that cannot be
+imported is a configuration error; a module already imported is not re-read). Master
+hooks run inside its loop: keep them quick. An exception in a hook is logged and the
+server carries on, except in `post_fork`, where it fails that worker's boot (exit
+status 3). `post_fork` runs before the worker drops privileges, as in gunicorn.
 
 **`--preload`** imports the app once in the master, then workers are forked from it
 and share its memory copy-on-write (`gc.freeze()` before each fork keeps the

@@ -8,9 +8,9 @@ when_ready     ``when_ready(server)``     master, once it listens (pid file writ
 pre_fork       ``pre_fork(server, w)``    master, just before each fork; ``w`` is the master's
                                           ``WorkerProcess`` record (``index``, ``generation``;
                                           ``pid`` is 0 until the fork)
-post_fork      ``post_fork(server, w)``   the new worker, first thing after its signal set-up and
-                                          before it drops privileges and loads the app; ``w`` is the
-                                          ``Worker`` object. Raising fails that worker's boot.
+post_fork      ``post_fork(server, w)``   the new worker, after its process set-up (signals, TLS
+                                          context), before it drops privileges and loads the app;
+                                          ``w`` is the ``Worker`` object. Raising fails its boot.
 worker_exit    ``worker_exit(server, w)`` master, after reaping a worker (whatever killed it);
                                           ``w`` is the master's ``WorkerProcess`` record
 on_reload      ``on_reload(server)``      master, on HUP, once the new settings are accepted
@@ -19,9 +19,12 @@ on_exit        ``on_exit(server)``        master, just before it exits
 =============  =========================  ==========================================================
 
 ``server`` is the ``Master`` (in a worker: the worker's forked copy of it). Hook
-modules are imported in the master when it starts and again on each HUP; a hook
-that cannot be imported is a configuration error. An exception in a hook is
-logged with its traceback and the server carries on, except in ``post_fork``.
+modules are imported in the master when it starts and checked again on each HUP
+(a module already imported is not re-read: new hook code needs a binary upgrade
+or a restart); a hook that cannot be imported is a configuration error. Master
+hooks run inside its loop, so they must be quick. An exception in a hook (even
+SystemExit) is logged with its traceback and the server carries on, except in
+``post_fork``, where it fails that worker's boot.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def run(name: str, settings: Settings, server: Any, *args: Any) -> bool:
         return True
     try:
         import_hook(name, spec)(server, *args)
-    except Exception:
+    except (Exception, SystemExit):  # sys.exit() in a hook must not end the master's loop
         log.exception("hook %s (%s) failed", name, spec)
         return False
     return True

@@ -54,3 +54,7 @@ def record(server: Any, *args: Any) -> None:
 
 def fail(server: Any, *args: Any) -> None:
     raise RuntimeError("hook failed on purpose")
+
+
+def bail(server: Any, *args: Any) -> None:
+    raise SystemExit(9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,16 @@ def test_every_hook_is_called_in_the_right_process(server: Server, tmp_path: Pat
 
 def test_failing_hooks_are_logged_and_the_server_carries_on(server: Server) -> None:
     server.start("--on-starting", "hookapps:fail", "--pre-fork", "hookapps:fail", "--worker-exit",
-                 "hookapps:fail", workers=1).wait_ready(1)
+                 "hookapps:fail", "--when-ready", "hookapps:bail", workers=1).wait_ready(1)
     log = server.log()
     assert "hook on_starting (hookapps:fail) failed" in log and "hook failed on purpose" in log
     assert "hook pre_fork (hookapps:fail) failed" in log
+    assert "hook when_ready (hookapps:bail) failed" in log and "SystemExit: 9" in log
+    assert server.ask_pid() in server.worker_pids()
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: "hook worker_exit (hookapps:fail) failed" in server.log(), what="worker_exit failure")
+    server.wait_ready(1)
     assert server.ask_pid() in server.worker_pids()
 
 
