@@ -34,7 +34,7 @@ from .sockets import Listener, create_listener, listeners_from_environment, open
 from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .systemd import Notifier
 from .threaded import ThreadedWorker, make_nonblocking
-from .upgrade import spawn_new_master, upgraded_from
+from .upgrade import inherited_ownership, spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
 log = logging.getLogger("prefork")
@@ -150,9 +150,10 @@ class Master:
             # Socket activation or a binary upgrade: serve what we were given, whatever --bind says.
             self.shared = inherited
             self.inherited = True
-            for listener in inherited:
-                # Sockets handed over by an old master are ours to unlink at exit; systemd's are not.
-                listener.owned = self.replaces is not None
+            for listener, owned in zip(inherited, inherited_ownership(os.environ, len(inherited)), strict=True):
+                # Sockets an old master created are ours to unlink at exit; systemd's never are,
+                # not even after an upgrade from a socket-activated master.
+                listener.owned = owned
             self.settings = settings = dataclasses.replace(settings, bind=tuple(lst.address for lst in inherited))
         else:
             self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port,

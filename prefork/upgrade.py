@@ -20,6 +20,8 @@ import sys
 from .sockets import SD_LISTEN_FDS_START, Listener
 
 UPGRADE_VAR = "_PREFORK_UPGRADE_FROM"
+# One 1 or 0 per listener: whether the new master may unlink it at exit (never a socket systemd made).
+OWNED_VAR = "_PREFORK_UPGRADE_OWNED"
 # Descriptors are first moved above this, so that placing them at 3.. cannot clobber one another.
 HIGH_FD = 1000
 
@@ -50,6 +52,7 @@ def exec_new_master(argv: list[str], listeners: list[Listener], extra_env: dict[
     env["LISTEN_FDS"] = str(len(listeners))
     env["LISTEN_FDNAMES"] = ":".join("inherited" for _ in listeners)
     env[UPGRADE_VAR] = str(os.getppid())
+    env[OWNED_VAR] = "".join("1" if lst.owned else "0" for lst in listeners)
     os.execve(argv[0], argv, env)
 
 
@@ -60,3 +63,9 @@ def upgraded_from(environ: dict[str, str] | os._Environ[str]) -> int | None:
         return None
     old = int(value)
     return old if os.getppid() == old else None
+
+
+def inherited_ownership(environ: dict[str, str] | os._Environ[str], count: int) -> list[bool]:
+    """For each of ``count`` inherited listeners: ours to unlink at exit? Only if an old master made it."""
+    flags = environ.pop(OWNED_VAR, "")
+    return [flags[index : index + 1] == "1" for index in range(count)]

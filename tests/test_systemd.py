@@ -375,3 +375,19 @@ def test_unit_files_exposure_is_ok(units: Path, unit: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     score = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", result.stdout)
     assert score is not None and score.group(2) in ("PERFECT", "SAFE", "OK"), result.stdout
+
+
+def test_socket_activation_survives_a_binary_upgrade(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "activated.sock"
+    start_activated(server, str(path), "testapps:pid")
+    first_request(str(path))
+    server.wait_ready(2)
+    server.signal(signal.SIGUSR2)
+    assert server.wait_exit(30) == 0  # the old master retired once the new one served
+    started = re.search(r"started new master \(pid (\d+)\)", server.log())
+    assert started is not None, server.log()
+    new = psutil.Process(int(started.group(1)))
+    assert int(request(str(path)).strip()) in {c.pid for c in new.children()}
+    new.terminate()
+    psutil.wait_procs([new], timeout=20)
+    assert path.exists(), "the socket still belongs to systemd after an upgrade: prefork must not unlink it"
