@@ -33,7 +33,7 @@ from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .systemd import Notifier
-from .threaded import ThreadedWorker, make_nonblocking
+from .threaded import ThreadedWorker, any_threaded, make_nonblocking
 from .upgrade import inherited_ownership, spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
@@ -456,8 +456,8 @@ class Master:
             return
         settings = self.pending_settings if generation == self.pending and self.pending_settings else self.settings
         listeners = self.worker_listeners(index, settings)
-        if settings.threads > 1:
-            make_nonblocking(listeners)  # its threads wait in epoll, never in a blocking accept()
+        if settings.threads > 1 or any_threaded(self):
+            make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
         record = WorkerProcess(0, index, generation, slot, time.monotonic())
         hooks.run("pre_fork", settings, self, record)
         if self.preloaded is not None:

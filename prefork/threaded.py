@@ -15,7 +15,9 @@ Graceful stop is therefore "join all threads", and QUIT still leaves at once.
 
 For this the listeners must be non-blocking (a thread woken with the others
 must not then sleep in ``accept()``); the master sets them so before forking a
-threaded worker (:func:`make_nonblocking`).
+threaded worker, or any worker while a threaded one still runs (a reload
+changing --threads), and single-threaded workers wait in ``select()`` when
+they find them so.
 """
 
 from __future__ import annotations
@@ -24,18 +26,26 @@ import os
 import select
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .importer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
 from .worker import Worker
 
+if TYPE_CHECKING:
+    from .master import Master
+
 
 def make_nonblocking(listeners: list[Listener]) -> None:
     """In the master, before forking a threaded worker: O_NONBLOCK is shared by every process."""
     for listener in listeners:
         listener.sock.setblocking(False)
+
+
+def any_threaded(master: Master) -> bool:
+    """Whether a threaded worker still runs (a reload from --threads N to 1 must keep O_NONBLOCK)."""
+    return any(master.scoreboard.slots[worker.slot].threads > 1 for worker in master.workers.values())
 
 
 class ThreadedWorker(Worker):

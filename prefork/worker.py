@@ -213,6 +213,11 @@ class Worker:
                     break
                 try:
                     fd, addr = accept()
+                except BlockingIOError:
+                    # Threaded workers (an old or new generation's --threads) need the shared
+                    # listener non-blocking: wait for a connection instead, still idle.
+                    select.select([listener], [], [])
+                    continue
                 except OSError as exc:
                     self.idle = False
                     self.accept_failed(exc)

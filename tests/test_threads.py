@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Server, free_port, request, wait_for
-from control_helpers import status_json
+from control_helpers import prefork, status_json
 
 
 def start(server: Server, tmp_path: Path, *args: str, threads: int = 4, workers: int = 1) -> Path:
@@ -100,3 +100,38 @@ def test_threads_with_several_listeners(server: Server, tmp_path: Path) -> None:
     for _ in range(3):
         assert server.ask_pid() in pids
         assert int(request(("127.0.0.1", second))) in pids
+
+
+def test_reload_changing_threads_under_load_drops_nothing(server: Server, tmp_path: Path) -> None:
+    """Threaded workers need O_NONBLOCK on listeners shared with single-threaded ones, both ways."""
+    config = tmp_path / "prefork.toml"
+    config.write_text("threads = 1\n")
+    pidfile = tmp_path / "prefork.pid"
+    server.start("--pid", str(pidfile), "--config", str(config), app="testapps:pid", workers=2).wait_ready(2)
+    failures: list[BaseException] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                assert server.ask(timeout=30).strip().isdigit()
+                answered[0] += 1
+            except BaseException as exc:  # collected and reported below
+                failures.append(exc)
+
+    clients = [threading.Thread(target=load) for _ in range(3)]
+    for client in clients:
+        client.start()
+    try:
+        for threads in (3, 1, 3):
+            config.write_text(f"threads = {threads}\n")
+            result = prefork("reload", "--pid", str(pidfile))
+            assert result.returncode == 0, result.stderr
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(60)
+    assert not failures, failures[:3]
+    assert answered[0] > 0
+    assert "worker failed" not in server.log() and "died" not in server.log()
