@@ -8,13 +8,13 @@ address; the socket file's mode and owner decide who reaches them.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+import socket
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 from .scoreboard import BUSY, Scoreboard
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -44,36 +44,62 @@ def network_list(value: object) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def client_ip(addr: Any) -> IPAddress | None:
+class ClientIP(NamedTuple):
+    """A client's IP address as integers: compared against rules with one AND, no objects built."""
+
+    version: int  # 4 or 6
+    value: int
+
+
+class Rule(NamedTuple):
+    """A network compiled for matching: ``value & mask == network``."""
+
+    version: int
+    network: int
+    mask: int
+
+
+Rules = tuple[Rule, ...]
+MAPPED_IPV4 = 0xFFFF << 32  # ::ffff:0:0/96
+
+
+def compile_rules(networks: tuple[Network, ...]) -> Rules:
+    return tuple(Rule(n.version, int(n.network_address), int(n.netmask)) for n in networks)
+
+
+def client_ip(addr: Any) -> ClientIP | None:
     """The IP address of an ``accept()``-style address; None for unix peers.
 
     An IPv4-mapped IPv6 address (``::ffff:10.1.2.3``) is the IPv4 client it
     stands for, so that IPv4 rules apply to it.
     """
-    if not isinstance(addr, tuple) or not addr:
+    if not isinstance(addr, tuple) or not addr or not isinstance(addr[0], str):
         return None
+    host = addr[0]
     try:
-        ip = ipaddress.ip_address(addr[0].partition("%")[0])  # drop an IPv6 zone (fe80::1%eth0)
-    except (ValueError, AttributeError):
+        if ":" not in host:
+            return ClientIP(4, int.from_bytes(socket.inet_pton(socket.AF_INET, host), "big"))
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, host.partition("%")[0]), "big")
+    except OSError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    if value >> 32 == 0xFFFF:
+        return ClientIP(4, value & 0xFFFFFFFF)
+    return ClientIP(6, value)
 
 
-def in_any(ip: IPAddress, networks: tuple[Network, ...]) -> bool:
-    # An address of one family is simply not in a network of the other: no error to catch.
-    return any(ip in network for network in networks)
+def in_any(ip: ClientIP, rules: Rules) -> bool:
+    version, value = ip
+    return any(rule.version == version and value & rule.mask == rule.network for rule in rules)
 
 
 class AccessRules:
     """--allow and --deny: deny wins; with any allow rule, an unlisted address is refused."""
 
     def __init__(self, allow: tuple[Network, ...], deny: tuple[Network, ...]) -> None:
-        self.allow = allow
-        self.deny = deny
+        self.allow = compile_rules(allow)
+        self.deny = compile_rules(deny)
 
-    def refusal(self, ip: IPAddress) -> str | None:
+    def refusal(self, ip: ClientIP) -> str | None:
         """Why ``ip`` is refused, or None when it may connect."""
         if in_any(ip, self.deny):
             return "denied (--deny)"

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import tls
-from .access import AccessRules, IPAddress, client_ip, count_busy_from, in_any, peer_prefix
+from .access import AccessRules, ClientIP, client_ip, compile_rules, count_busy_from, in_any, peer_prefix
 from .proxy_protocol import NoHeader, ProxyProtocolError, read_header
 from .scoreboard import Scoreboard, Slot
 from .settings import Settings
@@ -83,6 +83,7 @@ class Preparer:
             tls.make_context(settings.certfile, settings.keyfile, settings.ca_certs, settings.verify_client)
             if settings.certfile else None
         )
+        self.proxy_allow = compile_rules(settings.proxy_allow)
         self.idle_timeout = settings.idle_timeout or None
         # The PROXY and TLS steps leave a timeout on the socket; plain blocking sockets need no call.
         self.sets_timeout = bool(self.idle_timeout or settings.proxy_protocol or self.context)
@@ -122,7 +123,7 @@ class Preparer:
     def read_proxy_header(self, conn: socket.socket, addr: Any, deadline: float) -> Any:
         """The real client's address from the header, if the peer is a trusted load balancer."""
         ip = client_ip(addr)
-        if ip is not None and not in_any(ip, self.settings.proxy_allow):
+        if ip is not None and not in_any(ip, self.proxy_allow):
             raise self.refuse(addr, "not a trusted PROXY protocol sender (--proxy-allow)")
         try:
             header = read_header(conn, deadline)
@@ -136,7 +137,7 @@ class Preparer:
         self.slot.set_peer(self.format_peer(header.client))
         return header.client
 
-    def check_access(self, ip: IPAddress, addr: Any) -> None:
+    def check_access(self, ip: ClientIP, addr: Any) -> None:
         assert self.rules is not None
         why = self.rules.refusal(ip)
         if why is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Server, request, wait_for
 
-from prefork.access import AccessRules, client_ip, count_busy_from, network_list, parse_network, peer_prefix
+from prefork.access import AccessRules, ClientIP, client_ip, count_busy_from, network_list, parse_network, peer_prefix
 from prefork.connection import RateLimitedLog
 from prefork.errors import ConfigError
 from prefork.scoreboard import Scoreboard
@@ -35,20 +35,30 @@ def test_parse_network() -> None:
         network_list([10])
 
 
+def ip(text: str) -> ClientIP:
+    address = client_ip((text, 0))
+    assert address is not None
+    return address
+
+
 def test_rules_deny_wins_and_allow_excludes_the_rest() -> None:
     rules = AccessRules(network_list("10.0.0.0/8,2001:db8::/32"), network_list("10.9.0.0/16"))
-    assert rules.refusal(ipaddress.ip_address("10.1.2.3")) is None
-    assert rules.refusal(ipaddress.ip_address("2001:db8::1")) is None
-    assert "deny" in (rules.refusal(ipaddress.ip_address("10.9.1.1")) or "")
-    assert "allow" in (rules.refusal(ipaddress.ip_address("192.0.2.1")) or "")
-    assert AccessRules((), network_list("::1")).refusal(ipaddress.ip_address("127.0.0.1")) is None
+    assert rules.refusal(ip("10.1.2.3")) is None
+    assert rules.refusal(ip("2001:db8::1")) is None
+    assert "deny" in (rules.refusal(ip("10.9.1.1")) or "")
+    assert "allow" in (rules.refusal(ip("192.0.2.1")) or "")
+    assert "allow" in (rules.refusal(ip("2001:db9::1")) or "")
+    assert "deny" in (rules.refusal(ip("::ffff:10.9.0.1")) or "")  # IPv4-mapped: the IPv4 rules apply
+    assert AccessRules((), network_list("::1")).refusal(ip("127.0.0.1")) is None
+    assert AccessRules((), network_list("0.0.0.0/0")).refusal(ip("::1")) is None  # families never mix
 
 
 def test_client_ip() -> None:
-    assert client_ip(("127.0.0.1", 5)) == ipaddress.ip_address("127.0.0.1")
-    assert client_ip(("::ffff:10.1.2.3", 5, 0, 0)) == ipaddress.ip_address("10.1.2.3")  # IPv4 rules apply
-    assert client_ip(("fe80::1%eth0", 5, 0, 2)) == ipaddress.ip_address("fe80::1")
+    assert client_ip(("127.0.0.1", 5)) == ClientIP(4, int(ipaddress.ip_address("127.0.0.1")))
+    assert client_ip(("::ffff:10.1.2.3", 5, 0, 0)) == ip("10.1.2.3")
+    assert client_ip(("fe80::1%eth0", 5, 0, 2)) == ClientIP(6, int(ipaddress.ip_address("fe80::1")))
     assert client_ip("") is None  # a unix peer
+    assert client_ip(("not-an-ip", 5)) is None
 
 
 def test_refusal_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
