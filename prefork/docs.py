@@ -139,7 +139,8 @@ def settings_table() -> Iterator[str]:
         env = f"`{ENV_PREFIX}{f.name.upper()}`"
         default = default_text(f, meta) or "none"
         shown = default if meta.shown_default else f"`{default}`"
-        cells = (f"`{f.name}`", cli_flag(f.name, meta), env, shown, meta.help)
+        help_text = meta.help + (" *Applied at start; HUP keeps the old value.*" if meta.start_only else "")
+        cells = (f"`{f.name}`", cli_flag(f.name, meta), env, shown, help_text)
         yield "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
@@ -186,7 +187,8 @@ def example_config() -> str:
     for f, meta in declared():
         if f.name == "config":
             continue  # the file cannot name itself
-        lines = textwrap.wrap(meta.help, 86)
+        note = " Applied at start; HUP keeps the old value." if meta.start_only else ""
+        lines = textwrap.wrap(meta.help + note, 86)
         lines.append(f"Default: {default_text(f, meta) or 'none'}. Environment: {ENV_PREFIX}{f.name.upper()}.")
         parts.append("\n" + "\n".join(f"# {line}" for line in lines) + f"\n# {f.name} = {example_value(f, meta)}\n")
     return "".join(parts)

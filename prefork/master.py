@@ -29,7 +29,7 @@ from .log import Log
 from .pidfile import Pidfile
 from .pool import Pool
 from .scoreboard import BUSY, Scoreboard
-from .settings import Settings
+from .settings import Settings, start_only_changes
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .systemd import Notifier
@@ -347,6 +347,9 @@ class Master:
         if self.preloaded is not None:
             log.warning("--preload: new workers reuse the app loaded at start (%s); "
                         "only a binary upgrade (USR2) loads new app code", self.settings.app)
+        unchanged = start_only_changes(self.settings, new)
+        if unchanged:
+            log.warning("reload: %s only take effect when the master starts (USR2 or restart)", ", ".join(unchanged))
         self.apply_reload(new)
 
     # --- reload ---

@@ -41,6 +41,7 @@ class Meta:
     multiple: bool = False  # repeatable on the command line; a list in TOML; commas in env
     cli: bool = True  # False for the APP argument, which is positional
     shown_default: str = ""  # for defaults computed at run time (the CPU count)
+    start_only: bool = False  # applied when the master starts; a reload (HUP) cannot change it
 
 
 def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
@@ -275,6 +276,7 @@ class Settings:
     log_level: str = setting("info", help="debug, info, warning, error or critical.", parse=log_level, metavar="LEVEL")
     log_file: str | None = setting(
         None, help="Log to FILE instead of stderr; reopened on USR1.", parse=optional_text, metavar="FILE",
+        start_only=True,
     )
     name: str | None = setting(
         None, help="The name shown in process titles (default: the APP string).",
@@ -282,11 +284,11 @@ class Settings:
     )
     chdir: str | None = setting(
         None, help="Change to DIR before loading the app, and put DIR on sys.path.",
-        parse=optional_text, metavar="DIR",
+        parse=optional_text, metavar="DIR", start_only=True,
     )
     preload: bool = setting(
         False, help="Import the app once in the master before forking (shared copy-on-write; HUP then "
-        "cannot reload app code, USR2 can).", parse=boolean, flag=True,
+        "cannot reload app code, USR2 can).", parse=boolean, flag=True, start_only=True,
     )
     user: str | None = setting(
         None, help="Workers run as this user (name or uid) once the master has bound; "
@@ -298,11 +300,11 @@ class Settings:
     )
     umask: int | None = setting(
         None, help="Set the process umask (octal, e.g. 027) before binding; also governs unix socket modes.",
-        parse=umask_value, metavar="MASK",
+        parse=umask_value, metavar="MASK", start_only=True,
     )
     daemon: bool = setting(
         False, help="Detach from the terminal (double fork, setsid, stdio to /dev/null); not under systemd.",
-        parse=boolean, flag=True,
+        parse=boolean, flag=True, start_only=True,
     )
     on_starting: str | None = setting(
         None, help="Hook on_starting(server): in the master, before it binds.",
@@ -433,6 +435,11 @@ def declared() -> Iterator[tuple[dataclasses.Field[Any], Meta]]:
     """Each setting's field and metadata, in declaration order."""
     for f in dataclasses.fields(Settings):
         yield f, f.metadata["meta"]
+
+
+def start_only_changes(old: Settings, new: Settings) -> list[str]:
+    """Settings that differ in ``new`` but only apply when the master starts (a reload keeps them)."""
+    return [f.name for f, meta in declared() if meta.start_only and getattr(old, f.name) != getattr(new, f.name)]
 
 
 def _names() -> list[str]:

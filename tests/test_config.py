@@ -309,6 +309,16 @@ def test_hup_applies_a_changed_workers_count_and_keeps_config_when_file_breaks(s
     assert server.proc is not None and server.proc.poll() is None
 
 
+def test_hup_warns_about_settings_it_cannot_change(server: Server, tmp_path: Path) -> None:
+    config = tmp_path / "app.toml"
+    config.write_text("workers = 1\n")
+    server.start("-c", str(config), workers=None).wait_ready(1)
+    config.write_text('workers = 1\numask = "077"\n')
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload done" in server.log(), timeout=30, what="reload")
+    assert "reload: umask only take effect when the master starts" in server.log()
+
+
 def test_hup_rereads_relative_config_after_chdir(server: Server, tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     config = tmp_path / "app.toml"
