@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork")
 
 MASTER_TITLE = "prefork: master"
+CONTROL_NAME = "control socket"
 QUERY_TIMEOUT = 5.0
 POLL_INTERVAL = 0.1
 
@@ -88,8 +89,20 @@ def open_control_socket(master: Master, path: str) -> Endpoint | None:
     finally:
         os.umask(old_umask)
     inode = os.stat(path).st_ino
-    return Endpoint(sock, "control socket", master.selector, partial(answer_control, master), b"\n",
+    return Endpoint(sock, CONTROL_NAME, master.selector, partial(answer_control, master), b"\n",
                     on_close=partial(unlink_if_ours, path, inode))
+
+
+def reclaim_control_socket(master: Master) -> None:
+    """After a failed binary upgrade: the new master took our path (and removed it as it died); bind it again."""
+    if master.pidfile is None:
+        return
+    for old in [e for e in master.endpoints if e.name == CONTROL_NAME]:
+        master.endpoints.remove(old)
+        old.close()
+    new = open_control_socket(master, control_path(master.pidfile.path))
+    if new is not None:
+        master.endpoints.append(new)
 
 
 def answer_control(master: Master, request: bytes) -> bytes:

@@ -320,6 +320,7 @@ class Master:
         self.new_master = None
         if self.pidfile is not None and self.pidfile.path.endswith(".oldbin"):
             self.pidfile.rename(self.pidfile.path[: -len(".oldbin")])
+        control.reclaim_control_socket(self)  # the failed new master may have taken its path
 
     def tell_replaced_master(self) -> None:
         """After an upgrade, once our first generation serves, ask the old master to retire."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from control_helpers import prefork, status_json
 
 from prefork.control import parse_scale
 from prefork.errors import ControlError
+from prefork.pidfile import read_pid
 
 
 def test_parse_scale() -> None:
@@ -105,3 +107,27 @@ def test_commands_refuse_a_stale_pid_file(tmp_path: Path, command: list[str]) ->
     result = prefork(*command, "--pid", str(pidfile))
     assert result.returncode == 5
     assert "stale pid file" in result.stderr and "not a prefork master" in result.stderr
+
+
+def test_status_follows_a_binary_upgrade(server: Server, tmp_path: Path) -> None:
+    pidfile = start(server, tmp_path)
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: server.proc is not None and server.proc.poll() is not None, 30, what="the old master to retire")
+    new_master = read_pid(pidfile)
+    assert new_master is not None and new_master != server.pid
+    try:
+        # The old master's exit left the new master's control socket in place.
+        report = wait_for(lambda: (r := status_json(pidfile))["workers"] and r, 30, what="the new master's status")
+        assert report["master"]["pid"] == new_master
+    finally:
+        os.kill(new_master, signal.SIGKILL)
+
+
+def test_status_survives_a_failed_upgrade(server: Server, tmp_path: Path) -> None:
+    app = tmp_path / "deploy.py"
+    app.write_text("import os\ndef handler(conn, addr):\n    conn.sendall(b'%d' % os.getpid())\n")
+    pidfile = start(server, tmp_path, "--chdir", str(tmp_path), app="deploy:handler")
+    app.write_text("raise ImportError('bad release')\n")
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: "upgrade failed" in server.log(), 30, what="the upgrade to fail")
+    assert status_json(pidfile)["master"]["pid"] == server.pid
