@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Server, free_port, wait_for
+from conftest import Server, free_port, request, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -229,6 +229,14 @@ def test_access_rules_apply_to_the_real_client(server: Server) -> None:
     assert ask(server, b"PROXY TCP4 10.1.2.3 10.0.0.1 5555 80\r\n") == b""
     assert answer(server, b"PROXY TCP4 192.0.2.1 10.0.0.1 5555 80\r\n")[1] == ("192.0.2.1", 5555)
     wait_for(lambda: "refused connection from 10.1.2.3:5555: denied" in server.log(), what="refusal logged")
+
+
+def test_unix_socket_peers_are_trusted(server: Server, tmp_path: Path) -> None:
+    path = str(tmp_path / "lb.sock")
+    server.start("--bind", f"unix:{path}", "--proxy-protocol", "--proxy-allow", "192.0.2.1",
+                 bind=False, app="testapps:pid_peer", workers=1).wait_ready(1)
+    answer = request(path, b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 80\r\n")
+    assert answer.decode().split(" ", 1)[1].strip() == repr(("2001:db8::1", 4000, 0, 0))
 
 
 # --- a real HAProxy in front ---
