@@ -10,8 +10,8 @@ systemd; it sends
   ``READY=1`` when the reload is over, whether it committed or failed (the
   STATUS line then says why it failed);
 - ``STOPPING=1`` when it starts to stop, with ``EXTEND_TIMEOUT_USEC=`` covering
-  the graceful drain (renewed while workers are still finishing), so that a
-  ``--graceful-timeout`` longer than systemd's ``TimeoutStopSec=`` is honoured;
+  the graceful drain (renewed with each STATUS change, as workers finish), so that
+  a ``--graceful-timeout`` longer than systemd's ``TimeoutStopSec=`` is honoured;
 - ``STATUS=`` whenever the one-line summary changes (it is recomputed each time
   the master wakes up anyway; the master never wakes up just to refresh it);
 - ``WATCHDOG=1`` at half of ``$WATCHDOG_USEC``, from the master's own loop, so
@@ -161,6 +161,7 @@ class Notifier:
         self.last_status = text
 
     def with_note(self, text: str) -> str:
+        """``text``, followed by why the last reload failed (until the next reload starts)."""
         return f"{text}; {self.note}" if self.note else text
 
     # --- the watchdog ---
@@ -242,5 +243,6 @@ def parse_watchdog(usec: str | None, pid: str | None) -> int:
 
 
 def parse_pid(text: str | None) -> int | None:
+    """A positive pid from an environment variable, else None."""
     return int(text) if text is not None and text.isdigit() and int(text) > 0 else None
 
