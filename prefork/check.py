@@ -25,6 +25,7 @@ from .daemon import refuse_under_systemd
 from .docs import toml_value
 from .errors import EXIT_APP, EXIT_BIND, EXIT_USAGE, AppImportError, BindError, ConfigError, PreforkError
 from .importer import import_app
+from .pidfile import read_pid
 from .settings import Settings
 from .sockets import Address
 
@@ -35,6 +36,7 @@ DEFAULT_IMPORT_TIMEOUT = 30.0  # seconds, when --timeout is 0 (off)
 class Problem:
     status: int
     message: str
+    in_use: bool = False  # the address is taken (by another process: or by our own running server)
 
     def error(self) -> PreforkError:
         """The exception ``prefork run`` would have raised (for the CLI to map to ``status``)."""
@@ -160,7 +162,8 @@ def _check_tcp(address: Address, reuse_port: bool, what: str) -> Problem | None:
         try:
             sock.bind(sockaddr)
         except OSError as exc:
-            return Problem(EXIT_BIND, f"{what}: {os.strerror(exc.errno or 0)}{_bind_hint(exc, address)}")
+            return Problem(EXIT_BIND, f"{what}: {os.strerror(exc.errno or 0)}{_bind_hint(exc, address)}",
+                           in_use=exc.errno == errno.EADDRINUSE)
     return None
 
 
@@ -189,7 +192,7 @@ def _check_unix(path: str, what: str) -> Problem | None:
             probe.connect(path)
         except OSError:
             return None  # a stale socket file: the server removes it when it starts
-    return Problem(EXIT_BIND, f"{what}: another server is listening on it")
+    return Problem(EXIT_BIND, f"{what}: another server is listening on it", in_use=True)
 
 
 def _check_fd(fd: int, what: str) -> Problem | None:
@@ -226,10 +229,29 @@ def run_checks(settings: Settings) -> Iterator[tuple[str, Problem | None]]:
     if problem is None:
         where = "in the master (--preload)" if settings.preload else "as a worker would"
         yield f"app {settings.app} imports {where}", check_imports(settings)
-    for address in settings.bind:
-        yield f"bind {address}", check_bind(address, settings.reuse_port)
-    for name, address in other_addresses(settings):
-        yield f"{name} {address}", check_bind(address, False, name)
+    running = running_server(settings)
+    binds = [("bind", address, settings.reuse_port) for address in settings.bind]
+    for name, address, reuse_port in binds + [(name, address, False) for name, address in other_addresses(settings)]:
+        problem = check_bind(address, reuse_port, name)
+        if problem is not None and problem.in_use and running is not None:
+            # Checking a changed config before a reload: our own server holds the address.
+            yield f"{name} {address} (in use by the running server, pid {running})", None
+        else:
+            yield f"{name} {address}", problem
+
+
+def running_server(settings: Settings) -> int | None:
+    """The pid of a live process named by the ``--pid`` file: the server this config already runs."""
+    pid = read_pid(settings.pid) if settings.pid else None
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return pid
 
 
 def other_addresses(settings: Settings) -> Iterator[tuple[str, Address]]:

@@ -264,6 +264,17 @@ def test_check_bind_problems_exit_1(tmp_path: Path) -> None:
     assert f"ok: bind unix:{tmp_path}/stale.sock" in result.stdout  # stale files are removed at start
 
 
+def test_check_before_a_reload_accepts_addresses_held_by_the_running_server(server: Server, tmp_path: Path) -> None:
+    pidfile = tmp_path / "prefork.pid"
+    server.start("--pid", str(pidfile), workers=1).wait_ready(1)
+    bind = f"127.0.0.1:{server.port}"
+    result = prefork("check", "--pid", str(pidfile), "-b", bind, "testapps:pid", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok: bind {bind} (in use by the running server, pid {server.pid})" in result.stdout
+    result = prefork("check", "-b", bind, "testapps:pid", cwd=tmp_path)  # no pid file: someone else's
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+
+
 def test_check_reports_all_problems_and_exits_with_the_first(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
