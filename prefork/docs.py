@@ -94,7 +94,9 @@ be given in the file (`app = "module:handler"`), so `prefork run -c app.toml` wo
 `conf/prefork.toml` is a commented example with every setting at its default.
 `prefork check [-c FILE] [OPTIONS] [APP]` validates the settings, imports the app
 in a child process, test-binds every address and prints the effective
-configuration with where each value came from (exit 0, 2 config, 4 app, 1 bind).
+configuration with where each value came from (exit 0, 2 config, 4 app, 1 bind; an
+address held by the live server its `--pid` file names is fine, so an edited file can
+be checked before `prefork reload`).
 A mistake is reported with the file and line (`app.toml, line 3: unknown setting
 'wokers' (did you mean 'workers'?)`) and exit status 2; on HUP, an invalid file is
 logged and the server keeps the configuration it has.
