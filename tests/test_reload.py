@@ -58,9 +58,12 @@ def test_reload_changes_binds(server: Server, tmp_path: Path) -> None:
     sock_path = tmp_path / "added.sock"
     config.write_text(f'bind = ["127.0.0.1:{server.port}"]\n')
     server.start("-c", str(config), bind=False).wait_ready(2)
+    old = server.worker_pids()
     config.write_text(f'bind = ["unix:{sock_path}"]\n')
     server.signal(signal.SIGHUP)
     wait_for(lambda: "reload done" in server.log(), what="reload")
+    # The old generation may still accept on the removed address until it has left.
+    wait_for(lambda: not (server.worker_pids() & old), what="old generation gone")
     assert int(request(str(sock_path))) in server.worker_pids()
     with pytest.raises(ConnectionRefusedError):
         request(server.address)
