@@ -6,6 +6,7 @@ import contextlib
 
 # Imported before a child becomes nobody: root's own Python installation may be unreadable to it.
 import encodings.idna  # noqa: F401
+import grp
 import os
 import pwd
 import signal
@@ -69,11 +70,11 @@ def test_user_nobody_gives_workers_that_uid_and_no_root_ids(server: Server) -> N
 
 @needs_root
 def test_group_alone_sets_gid_and_drops_root_groups(server: Server) -> None:
-    server.start("--group", "nogroup", workers=1).wait_ready(1)
+    group = grp.getgrgid(NOBODY.pw_gid).gr_name  # nogroup on Debian, nobody elsewhere
+    server.start("--group", group, workers=1).wait_ready(1)
     (worker,) = server.workers()
-    nogroup = privileges.lookup_group("nogroup")
-    assert tuple(worker.gids()) == (nogroup,) * 3
-    assert supplementary_groups(worker.pid) == [nogroup]
+    assert tuple(worker.gids()) == (NOBODY.pw_gid,) * 3
+    assert supplementary_groups(worker.pid) == [NOBODY.pw_gid]
 
 
 @needs_root
