@@ -511,9 +511,12 @@ class Master:
             return self.listeners_for(settings)
         sockets = self.per_index.get(index)
         if sockets is None:
-            sockets = [create_listener(lst.address, settings.backlog, True) for lst in self.listeners_for(settings)]
+            # SO_REUSEPORT exists for TCP only: unix and inherited sockets stay shared.
+            sockets = [create_listener(lst.address, settings.backlog, True)
+                       if lst.address.kind == "tcp" and lst.owned else lst
+                       for lst in self.listeners_for(settings)]
             set_blocking_mode(sockets)
-            self.per_index[index] = sockets
+            self.per_index[index] = [lst for lst in sockets if lst not in self.shared]
         return sockets
 
     def worker_booted(self, worker: WorkerProcess) -> None:
