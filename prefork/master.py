@@ -710,7 +710,7 @@ class Master:
                 pass
 
     def all_listeners(self) -> list[Listener]:
-        return self.shared + [lst for group in self.per_index.values() for lst in group]
+        return self.shared + [lst for group in self.per_index.values() for lst in self.own_sockets(group)]
 
     def close_unused_sockets(self) -> None:
         """--reuse-port: close a slot's sockets once no worker of that index remains or is wanted."""
