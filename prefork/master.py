@@ -516,7 +516,7 @@ class Master:
                        if lst.address.kind == "tcp" and lst.owned else lst
                        for lst in self.listeners_for(settings)]
             set_blocking_mode(sockets)
-            self.per_index[index] = [lst for lst in sockets if lst not in self.shared]
+            self.per_index[index] = sockets
         return sockets
 
     def worker_booted(self, worker: WorkerProcess) -> None:
@@ -712,11 +712,15 @@ class Master:
     def all_listeners(self) -> list[Listener]:
         return self.shared + [lst for group in self.per_index.values() for lst in self.own_sockets(group)]
 
+    def own_sockets(self, group: list[Listener]) -> list[Listener]:
+        """The sockets of a --reuse-port slot that are its own (not the shared unix/inherited ones)."""
+        return [lst for lst in group if all(lst is not shared for shared in self.shared)]
+
     def close_unused_sockets(self) -> None:
         """--reuse-port: close a slot's sockets once no worker of that index remains or is wanted."""
         for index in [i for i in self.per_index if i >= self.num_workers]:
             if not any(w.index == index for w in self.workers.values()):
-                for listener in self.per_index.pop(index):
+                for listener in self.own_sockets(self.per_index.pop(index)):
                     listener.sock.close()
 
     def cleanup(self) -> None:
