@@ -58,3 +58,14 @@ def test_reuse_port_queued_connections_survive_worker_death(server: Server) -> N
         assert sock.recv(100).strip().isdigit(), "a queued connection was dropped"
         sock.close()  # releases that worker for the next queued one
     holders[victim].close()
+
+
+def test_reuse_port_with_a_unix_bind(server: Server, tmp_path) -> None:
+    from conftest import request
+
+    path = str(tmp_path / "r.sock")
+    server.start("--reuse-port", "--bind", f"unix:{path}", workers=2).wait_ready(2)
+    pids = server.worker_pids()
+    for _ in range(4):
+        assert int(request(path)) in pids
+        assert server.ask_pid() in pids
