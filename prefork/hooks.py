@@ -12,7 +12,8 @@ post_fork      ``post_fork(server, w)``   the new worker, after its process set-
                                           context), before it drops privileges and loads the app;
                                           ``w`` is the ``Worker`` object. Raising fails its boot.
 worker_exit    ``worker_exit(server, w)`` master, after reaping a worker (whatever killed it);
-                                          ``w`` is the master's ``WorkerProcess`` record
+                                          ``w`` is the master's ``WorkerProcess`` record, with
+                                          ``exit_status`` (as ``os.waitpid`` gave it)
 on_reload      ``on_reload(server)``      master, on HUP, once the new settings are accepted
                                           (``server.pending_settings``), before the new workers fork
 on_exit        ``on_exit(server)``        master, just before it exits

@@ -63,6 +63,7 @@ class WorkerProcess:
     stopping: str = ""  # "", "graceful", "fast" or "kill"
     kill_at: float | None = None
     replace: bool = False  # retire once a replacement for this index has booted
+    exit_status: int | None = None  # the raw waitpid() status once reaped (for the worker_exit hook)
 
     def describe(self) -> str:
         return f"worker {self.index} gen {self.generation} (pid {self.pid})"
@@ -549,6 +550,7 @@ class Master:
                 self.stats.worker_gone(self.scoreboard.slots[worker.slot])
                 self.scoreboard.release(worker.slot)
                 self.worker_exited(worker, status)
+                worker.exit_status = status
                 hooks.run("worker_exit", self.settings, self, worker)
 
     def new_master_exited(self, status: int) -> None:

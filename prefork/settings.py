@@ -324,7 +324,7 @@ class Settings:
     )
     worker_exit: str | None = setting(
         None, help="Hook worker_exit(server, worker): in the master after reaping a worker; worker is the "
-        "master's record (pid, index, generation).", parse=hook_spec, metavar="MODULE:FUNC",
+        "master's record (pid, index, generation, exit_status).", parse=hook_spec, metavar="MODULE:FUNC",
     )
     on_reload: str | None = setting(
         None, help="Hook on_reload(server): in the master on HUP, once the new settings are accepted.",

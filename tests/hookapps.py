@@ -13,7 +13,7 @@ def _record(name: str, server: Any, worker: Any = None) -> None:
         "server": type(server).__name__, "server_pid": getattr(server, "pid", None),
         "worker": type(worker).__name__ if worker is not None else None,
         "worker_pid": getattr(worker, "pid", None), "index": getattr(worker, "index", None),
-        "generation": getattr(worker, "generation", None),
+        "generation": getattr(worker, "generation", None), "exit_status": getattr(worker, "exit_status", None),
         "pending": getattr(getattr(server, "pending_settings", None), "workers", None),
     }
     with open(os.environ["HOOK_LOG"], "a") as fh:

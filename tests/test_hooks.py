@@ -54,6 +54,7 @@ def test_every_hook_is_called_in_the_right_process(server: Server, tmp_path: Pat
     exits = named(record, "worker_exit")
     assert {c["worker"] for c in exits} == {"WorkerProcess"}
     assert {c["worker_pid"] for c in exits} == server.booted_pids()  # every worker, old and new
+    assert {c["exit_status"] for c in exits} == {0}  # retired and stopped gracefully
     (reload,) = named(record, "on_reload")
     assert reload["pending"] == 2  # called with the new settings accepted
     assert order.index("on_reload") < max(i for i, c in enumerate(log) if c["hook"] == "pre_fork")
