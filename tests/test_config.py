@@ -58,6 +58,14 @@ def test_config_file_named_in_environment(tmp_path: Path) -> None:
     assert origin["bind"] == f"file {config}" and origin["config"] == "env PREFORK_CONFIG"
 
 
+def test_config_on_the_command_line_beats_config_in_environment(tmp_path: Path) -> None:
+    (tmp_path / "env.toml").write_text("workers = 3\n")
+    (tmp_path / "cli.toml").write_text("workers = 4\n")
+    environ = {"PREFORK_CONFIG": str(tmp_path / "env.toml")}
+    loaded, origin = settings.load({"config": str(tmp_path / "cli.toml")}, environ)
+    assert loaded.workers == 4 and origin["workers"] == f"file {tmp_path / 'cli.toml'}"
+
+
 def test_config_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reload after --chdir must read the same file: the path is pinned absolute."""
     (tmp_path / "rel.toml").write_text("workers = 2\n")
