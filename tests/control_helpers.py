@@ -11,6 +11,8 @@ from typing import Any
 
 from conftest import ROOT, TESTS
 
+from prefork.control import query
+
 
 def prefork(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
     """Run ``python -m prefork ARGS`` to completion and capture its output."""
@@ -25,3 +27,8 @@ def status_json(pidfile: Path) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
     return report
+
+
+def snapshot(pidfile: Path) -> dict[str, Any]:
+    """The master's own report, asked in-process (quick enough to poll; no CPU or memory figures)."""
+    return query(str(pidfile))

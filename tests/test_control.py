@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Server, wait_for
-from control_helpers import prefork, status_json
+from control_helpers import prefork, snapshot, status_json
 
 from prefork.control import parse_scale
 from prefork.errors import ControlError
@@ -81,7 +81,7 @@ def test_stop_graceful_lets_a_busy_connection_finish(server: Server, tmp_path: P
 
 
 def wait_busy(pidfile: Path) -> None:
-    wait_for(lambda: any(w["state"] == "busy" for w in status_json(pidfile)["workers"]), 30, what="a busy worker")
+    wait_for(lambda: any(w["state"] == "busy" for w in snapshot(pidfile)["workers"]), 30, what="a busy worker")
 
 
 def test_scale_to_n_and_by_n(server: Server, tmp_path: Path) -> None:
@@ -117,7 +117,8 @@ def test_status_follows_a_binary_upgrade(server: Server, tmp_path: Path) -> None
     assert new_master is not None and new_master != server.pid
     try:
         # The old master's exit left the new master's control socket in place.
-        report = wait_for(lambda: (r := status_json(pidfile))["workers"] and r, 30, what="the new master's status")
+        wait_for(lambda: snapshot(pidfile)["workers"], 30, what="the new master's workers")
+        report = status_json(pidfile)
         assert report["master"]["pid"] == new_master
     finally:
         os.kill(new_master, signal.SIGKILL)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Server, wait_for
-from control_helpers import prefork, status_json
+from control_helpers import prefork, snapshot, status_json
 
 
 def start_pool(server: Server, tmp_path: Path, *args: str) -> Path:
@@ -19,7 +19,7 @@ def start_pool(server: Server, tmp_path: Path, *args: str) -> Path:
 
 
 def serving(pidfile: Path) -> list[dict[str, Any]]:
-    return [w for w in status_json(pidfile)["workers"] if w["state"] in ("idle", "busy")]
+    return [w for w in snapshot(pidfile)["workers"] if w["state"] in ("idle", "busy")]
 
 
 def test_worker_count_follows_load_up_and_down(server: Server, tmp_path: Path) -> None:
@@ -75,5 +75,5 @@ def test_reload_keeps_the_pool(server: Server, tmp_path: Path) -> None:
     pidfile = start_pool(server, tmp_path)
     result = prefork("reload", "--pid", str(pidfile))
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: [w["generation"] for w in status_json(pidfile)["workers"]] == [2], 60,
+    wait_for(lambda: [w["generation"] for w in snapshot(pidfile)["workers"]] == [2], 60,
              what="the new generation at the pool's minimum, the old one gone")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TESTS, Server, wait_for
-from control_helpers import prefork, status_json
+from control_helpers import prefork, snapshot, status_json
 
 from prefork import status
 
@@ -82,7 +82,7 @@ def test_busy_worker_shows_peer_and_duration(server: Server, tmp_path: Path) -> 
         sock.sendall(b"30")
         host, port = sock.getsockname()[:2]
         local = f"{host}:{port}"
-        busy = wait_for(lambda: [w for w in status_json(pidfile)["workers"] if w["state"] == "busy"],
+        busy = wait_for(lambda: [w for w in snapshot(pidfile)["workers"] if w["state"] == "busy"],
                         30, what="a busy worker")
         assert busy[0]["peer"] == local and busy[0]["busy_for"] >= 0
         table = prefork("status", "--pid", str(pidfile))
@@ -94,7 +94,7 @@ def test_busy_worker_shows_peer_and_duration(server: Server, tmp_path: Path) -> 
         sock.sendall(b"0")
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(100)
-    wait_for(lambda: status_json(pidfile)["stats"]["connections"] >= 1, 30, what="a counted connection")
+    wait_for(lambda: snapshot(pidfile)["stats"]["connections"] >= 1, 30, what="a counted connection")
 
 
 def test_control_socket_is_owner_only_and_removed_at_exit(server: Server, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Server, free_port, request, wait_for
-from control_helpers import prefork, status_json
+from control_helpers import prefork, snapshot, status_json
 
 
 def start(server: Server, tmp_path: Path, *args: str, threads: int = 4, workers: int = 1) -> Path:
@@ -20,7 +20,7 @@ def start(server: Server, tmp_path: Path, *args: str, threads: int = 4, workers:
 
 
 def worker_report(pidfile: Path) -> dict[str, Any]:
-    (worker,) = status_json(pidfile)["workers"]
+    (worker,) = snapshot(pidfile)["workers"]
     return worker
 
 
@@ -41,12 +41,13 @@ def hold(server: Server, seconds: str, count: int) -> tuple[list[socket.socket],
 def test_one_worker_serves_n_slow_connections_in_parallel(server: Server, tmp_path: Path) -> None:
     pidfile = start(server, tmp_path, threads=4)
     (worker_pid,) = server.worker_pids()
-    socks, answers, readers = hold(server, "5", 4)
+    socks, answers, readers = hold(server, "3", 4)
     try:
         # All four are being served at the same moment, by one process.
         busy = wait_for(lambda: (w := worker_report(pidfile))["busy_threads"] == 4 and w, 30,
                         what="4 busy threads in the one worker")
         assert busy["state"] == "busy" and busy["threads"] == 4 and busy["pid"] == worker_pid
+        assert status_json(pidfile)["workers"][0]["busy_threads"] == 4  # as `prefork status` shows it
         for reader in readers:
             reader.join(60)
         assert sorted(answers) == [f"{worker_pid}\n".encode()] * 4
