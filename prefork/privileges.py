@@ -70,6 +70,9 @@ def resolve(user: str | None, group: str | None) -> Identity | None:
         return None
     uid, gid, name = os.getuid(), os.getgid(), str(os.getuid())
     entry = lookup_user(user) if user is not None else None
+    if user is not None and entry is None and group is None:
+        # Keeping the master's gid (root's, usually) is exactly the mistake to avoid.
+        raise ConfigError(f"user {user} has no passwd entry, so no primary group: give --group too")
     if user is not None:
         uid = entry.pw_uid if entry is not None else int(user)
         gid = entry.pw_gid if entry is not None else gid

@@ -27,6 +27,7 @@ import prefork.check
 import prefork.master  # noqa: F401
 from prefork import privileges
 from prefork.cli import main as prefork_main
+from prefork.errors import ConfigError
 from prefork.pidfile import read_pid
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs the tests to run as root")
@@ -138,8 +139,10 @@ def test_resolve_identity() -> None:
     assert nobody is not None and (nobody.uid, nobody.gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     by_uid = privileges.resolve(str(NOBODY.pw_uid), "0")
     assert by_uid is not None and (by_uid.uid, by_uid.gid, by_uid.name) == (NOBODY.pw_uid, 0, "nobody")
-    unnamed = privileges.resolve("54321", None)  # a uid without a passwd entry (containers)
-    assert unnamed is not None and unnamed.uid == 54321 and unnamed.groups == ()
+    unnamed = privileges.resolve("54321", "54321")  # a uid without a passwd entry (containers)
+    assert unnamed is not None and (unnamed.uid, unnamed.gid, unnamed.groups) == (54321, 54321, ())
+    with pytest.raises(ConfigError, match="user 54321 has no passwd entry, so no primary group: give --group too"):
+        privileges.resolve("54321", None)  # would keep the master's gid
 
 
 # --- --umask ---
