@@ -613,7 +613,10 @@ class Master:
     def stop_all(self, how: str) -> None:
         first = not self.stopping
         self.stopping = "fast" if how == "fast" else (self.stopping or "graceful")
-        if first and self.new_master is None:
+        # Another master serving on these same sockets: the one we started (USR2), or the one
+        # that started us and that we have not yet told to retire (we are failing to boot).
+        shared_with_another = self.new_master is not None or self.replaces is not None
+        if first and not shared_with_another:
             # Workers drain what the kernel queued, with non-blocking accepts, then leave;
             # new clients are refused once the last copy of each listener closes.
             self.scoreboard.header.shutting_down = 1
@@ -622,8 +625,8 @@ class Master:
                 listener.unlink()
                 listener.sock.close()
         elif first:
-            # A new master serves on these same sockets (and their shared O_NONBLOCK flag):
-            # touch nothing, just let our workers finish and leave.
+            # Its workers block on these sockets too (and O_NONBLOCK is shared by all):
+            # touch nothing, never unlink, just let our workers finish and leave.
             for listener in self.all_listeners():
                 listener.owned = False
                 listener.sock.close()
