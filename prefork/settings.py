@@ -177,19 +177,28 @@ class FileMode(int):
     __str__ = __repr__
 
 
-def umask_value(value: object) -> int | None:
-    """An octal file mode mask: ``"027"`` or ``"0o027"`` in text, ``0o027`` in TOML."""
-    if isinstance(value, str):
-        digits = value.strip().lower().removeprefix("0o")
-        if not digits:
-            return None
-        try:
-            value = int(digits, 8)
-        except ValueError:
-            raise ConfigError(f"{value!r} is not an octal umask (expected e.g. 027)") from None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-        raise ConfigError(f"{value!r} is not a umask (expected an octal number 000-777, e.g. 027)")
-    return FileMode(value)
+def octal_mode(what: str, example: str) -> Parser:
+    """A parser of octal modes: ``"660"`` or ``"0o660"`` in text, ``0o660`` in TOML."""
+
+    def parse(value: object) -> FileMode | None:
+        if isinstance(value, str):
+            digits = value.strip().lower().removeprefix("0o")
+            if not digits:
+                return None
+            try:
+                value = int(digits, 8)
+            except ValueError:
+                raise ConfigError(f"{value!r} is not an octal {what} (expected e.g. {example})") from None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+            hint = f' (in TOML write 0o{example} or "{example}")' if isinstance(value, int) else ""
+            raise ConfigError(f"{value!r} is not a {what} (expected an octal number 000-777){hint}")
+        return FileMode(value)
+
+    return parse
+
+
+umask_value = octal_mode("umask", "027")
+file_mode = octal_mode("file mode", "660")
 
 
 def readable_file(value: object) -> str | None:
@@ -200,22 +209,6 @@ def readable_file(value: object) -> str | None:
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise ConfigError(f"{path!r} is not a readable file")
     return path
-
-
-def file_mode(value: object) -> int | None:
-    """An octal file mode: ``"600"`` or ``"0o600"`` in text, ``0o600`` in TOML."""
-    if isinstance(value, str):
-        digits = value.strip().lower().removeprefix("0o")
-        if not digits:
-            return None
-        try:
-            value = int(digits, 8)
-        except ValueError:
-            raise ConfigError(f"{value!r} is not an octal file mode (expected e.g. 660)") from None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-        hint = " (in TOML write 0o660 or \"660\")" if isinstance(value, int) else ""
-        raise ConfigError(f"{value!r} is not a file mode (expected an octal number 000-777){hint}")
-    return value
 
 
 def owner(value: object) -> Owner | None:
