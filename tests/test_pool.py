@@ -2,12 +2,102 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Server, wait_for
 from control_helpers import prefork, snapshot, status_json
+
+from prefork.log import Log
+from prefork.master import Master, WorkerProcess
+from prefork.scoreboard import BUSY, IDLE
+from prefork.settings import Settings
+
+# --- the decisions, on a real Master that is never started (no fork, no signals) ---
+
+
+@pytest.fixture
+def master() -> Iterator[Master]:
+    settings = Settings(app="testapps:pid", min_workers=1, max_workers=8, spare=1, idle_retire=5.0)
+    made = Master(settings, Log("warning", None), reload_settings=lambda: settings)
+    yield made
+    made.selector.close()
+    for fd in (made.wakeup_r, made.wakeup_w, made.events_r, made.events_w):
+        os.close(fd)
+
+
+def add_worker(master: Master, state: int = IDLE, booted: bool = True, threads: int = 0, busy: int = 0) -> None:
+    """A worker as the master records it, with its slot as the worker would have written it."""
+    index = len(master.workers)
+    number = master.scoreboard.allocate(0, index, master.generation)
+    assert number is not None
+    slot = master.scoreboard.slots[number]
+    slot.pid, slot.state, slot.threads, slot.busy_threads = 10_000 + index, state, threads, busy
+    master.workers[slot.pid] = WorkerProcess(slot.pid, index, master.generation, number, 0.0, booted=booted)
+
+
+def test_pool_starts_at_its_minimum(master: Master) -> None:
+    master.pool.adjust(master, 100.0)
+    assert master.num_workers == 1
+
+
+def test_shortage_grows_the_pool_one_then_doubling_each_second(master: Master) -> None:
+    master.pool.adjust(master, 100.0)
+    grown = []
+    for second in range(1, 5):
+        while len(master.workers) < master.num_workers:
+            add_worker(master, state=BUSY)  # every worker the pool adds is taken at once
+        master.pool.adjust(master, 100.0 + second)
+        grown.append(master.num_workers)
+    assert grown == [2, 4, 8, 8]  # +1, +2, +4, then --max-workers
+
+
+def test_checks_at_most_once_a_second(master: Master) -> None:
+    master.pool.adjust(master, 100.0)
+    add_worker(master, state=BUSY)
+    master.pool.adjust(master, 100.5)
+    assert master.num_workers == 1
+    master.pool.adjust(master, 101.0)
+    assert master.num_workers == 2
+
+
+def test_booting_workers_count_as_capacity_coming(master: Master) -> None:
+    master.pool.adjust(master, 100.0)
+    add_worker(master, state=BUSY)
+    add_worker(master, booted=False)
+    master.num_workers = 2
+    master.pool.adjust(master, 101.0)
+    assert master.num_workers == 2
+
+
+def test_surplus_retires_one_a_second_after_idle_retire(master: Master) -> None:
+    master.pool.adjust(master, 100.0)
+    for _ in range(4):
+        add_worker(master)
+    master.num_workers = 4
+    seen = []
+    for second in range(1, 9):
+        master.pool.adjust(master, 100.0 + second)
+        seen.append(master.num_workers)
+        for worker in [w for w in master.workers.values() if w.index >= master.num_workers]:
+            del master.workers[worker.pid]  # retired
+    # Surplus seen at 101; 5 s later (106) one goes, then one a second, down to the minimum.
+    assert seen == [4, 4, 4, 4, 4, 3, 2, 1]
+
+
+def test_idle_capacity_is_counted_in_threads(master: Master) -> None:
+    master.settings = Settings(app="testapps:pid", min_workers=1, max_workers=8, spare=1, threads=4)
+    master.pool.adjust(master, 100.0)
+    add_worker(master, state=BUSY, threads=4, busy=3)  # 1 idle thread < 4 (one spare worker)
+    master.pool.adjust(master, 101.0)
+    assert master.num_workers == 2
+
+
+# --- the real server ---
 
 
 def start_pool(server: Server, tmp_path: Path, *args: str) -> Path:
