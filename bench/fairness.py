@@ -58,9 +58,9 @@ def run(plan: Plan) -> Section:
         "got none).",
         "Blocking accept(): the kernel queues sleeping workers first-in first-out, so the worker that has waited "
         "longest takes the next connection: round robin among the idle.",
-        "epoll with EPOLLEXCLUSIVE: the kernel wakes the first idle waiter in the socket's wait queue, always in "
-        "the same order, so under light load the first workers take most connections (last-in first-out-like); "
-        "under saturation everyone is busy and shares even out.",
+        "epoll with EPOLLEXCLUSIVE: the kernel wakes the first idle waiter in the socket's wait queue, in an "
+        "order that never changes, so the same few workers take most connections whenever any worker is idle "
+        "(nginx and gunicorn see the same); the shares even out only when every worker is busy all the time.",
         "--reuse-port: the kernel hashes each connection's addresses to one worker's socket, whether that worker "
         "is idle or not: even in the long run, but a connection can wait behind a busy worker while others idle.",
     ]

@@ -27,6 +27,7 @@ from .report import Section, Table, median, percentile
 
 PROBE_APP = "bench.apps:probe"
 KILL_TARGET_MS = 50.0
+HUP_INTERVAL = 0.05  # faster than a generation boots: most reloads are superseded before they finish
 
 
 def run(plan: Plan) -> Section:
@@ -210,7 +211,7 @@ def storms(plan: Plan) -> Table:
         for server in started.values():
             server.stop()
     table.notes += [
-        "HUP storm: a HUP every 0.2 s, each superseding a reload still under way.",
+        f"HUP storm: a HUP every {HUP_INTERVAL:g} s, most superseding a reload still under way.",
         "TTIN/TTOU: one more worker, one fewer, alternately every 0.1 s.",
         "USR2: binary upgrades one after another (each waits for the old master to exit).",
         "Target: 0 failed.",
@@ -224,7 +225,7 @@ def _nothing(server: servers.BenchServer, until: float) -> int:
 
 
 def _hup_storm(server: servers.BenchServer, until: float) -> int:
-    return _every(server.pid, until, 0.2, [signal.SIGHUP])
+    return _every(server.pid, until, HUP_INTERVAL, [signal.SIGHUP])
 
 
 def _ttin_ttou(server: servers.BenchServer, until: float) -> int:

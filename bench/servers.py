@@ -111,14 +111,15 @@ class BenchServer:
         except psutil.NoSuchProcess:
             return []
 
-    def cpu_seconds(self) -> float:
-        """user+system CPU of the master and current workers."""
-        total = 0.0
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the master and current workers."""
+        user = system = 0.0
         for process in self.tree():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
-                total += times.user + times.system
-        return total
+                user += times.user
+                system += times.system
+        return user, system
 
     # --- teardown ---
 

@@ -24,17 +24,27 @@ TARGET = 0.95
 @dataclass
 class Sample:
     rate: float
-    client_cpu: float  # seconds
-    server_cpu: float  # seconds
+    client_cpu: float  # seconds, user + system
+    server_user: float  # seconds: the Python side of the server's work
+    server_system: float  # seconds: the kernel's (TCP, scheduling), about the same for any server
     ops: int
     failed: int
 
+    @property
+    def server_cpu(self) -> float:
+        return self.server_user + self.server_system
+
 
 def measure(server: servers.BenchServer, kind: str, processes: int, duration: float) -> Sample:
-    before = server.cpu_seconds()
+    user0, system0 = server.cpu_times()
     result = run_load(kind, server.address, processes, duration)
-    used = server.cpu_seconds() - before
-    return Sample(result.rate, result.client_cpu, used, result.ops, result.failed)
+    user1, system1 = server.cpu_times()
+    return Sample(result.rate, result.client_cpu, user1 - user0, system1 - system0, result.ops, result.failed)
+
+
+def per_op(runs: list[Sample], field: str) -> float:
+    """Median over rounds of a CPU figure per operation, in microseconds."""
+    return median([1e6 * getattr(s, field) / s.ops for s in runs if s.ops])
 
 
 Key = tuple[str, str, str]  # (transport, server name, load kind)
@@ -69,7 +79,8 @@ def run(plan: Plan) -> Section:
                 server.stop()
     section = Section("Throughput: prefork vs the floor")
     section.tables.append(ratio_table(samples, plan, loads))
-    section.tables.append(cost_table(samples, scaling))
+    section.tables.append(cpu_table(samples, loads))
+    section.tables.append(client_table(samples, scaling))
     return section
 
 
@@ -77,50 +88,70 @@ def _bind(transport: str, name: str) -> str:
     return servers.unix_bind(f"{name}.sock") if transport == "unix" else servers.tcp_bind()
 
 
+NAMES = {"echo": "64-byte echo round trips/s, C = {} persistent connections",
+         "connect": "new connections/s (connect, 64-byte round trip, close), {} clients"}
+
+
 def ratio_table(samples: dict[Key, list[Sample]], plan: Plan, loads: dict[str, int]) -> Table:
     table = Table(
         f"Throughput, N = {plan.workers} workers, {plan.rounds} rounds of {plan.duration:g} s (medians)",
-        ["measure", "prefork", "floor", "ratio", "per-round ratios", "server CPU ratio", "failed"], summary=True)
-    names = {"echo": f"64-byte echo round trips/s, C = {loads['echo']} persistent connections",
-             "connect": f"new connections/s (connect, 64-byte round trip, close), {loads['connect']} clients"}
+        ["measure", "prefork", "floor", "ratio", "per-round ratios", "failed"], summary=True)
+    for transport in TRANSPORTS:
+        for kind, clients in loads.items():
+            pf, fl = samples[(transport, "prefork", kind)], samples[(transport, "floor", kind)]
+            per_round = [ratio(a.rate, b.rate) for a, b in zip(pf, fl, strict=True)]
+            pf_rate, fl_rate = median([s.rate for s in pf]), median([s.rate for s in fl])
+            table.add(f"{transport}: {NAMES[kind].format(clients)}", pf_rate, fl_rate, ratio(pf_rate, fl_rate),
+                      f"{min(per_round):.2f} to {max(per_round):.2f}", sum(s.failed for s in pf + fl))
+    table.notes.append("ratio = prefork median / floor median (target ≥ 0.95); the floor is `bench/floor.py` "
+                       "(blocking accept, recv/sendall, close, nothing else), run side by side with the same N.")
+    return table
+
+
+def cpu_table(samples: dict[Key, list[Sample]], loads: dict[str, int]) -> Table:
+    table = Table("Server CPU per operation, µs (medians over rounds)",
+                  ["measure", "prefork user", "floor user", "prefork user+sys", "floor user+sys", "ratio"],
+                  summary=True)
     for transport in TRANSPORTS:
         for kind in loads:
             pf, fl = samples[(transport, "prefork", kind)], samples[(transport, "floor", kind)]
-            per_round = [ratio(a.rate, b.rate) for a, b in zip(pf, fl, strict=True)]
-            table.add(f"{transport}: {names[kind]}", median([s.rate for s in pf]), median([s.rate for s in fl]),
-                      ratio(median([s.rate for s in pf]), median([s.rate for s in fl])),
-                      f"{min(per_round):.2f} to {max(per_round):.2f}",
-                      ratio(cpu_per_op(fl), cpu_per_op(pf)), sum(s.failed for s in pf + fl))
+            table.add(f"{transport}: {kind}", per_op(pf, "server_user"), per_op(fl, "server_user"),
+                      per_op(pf, "server_cpu"), per_op(fl, "server_cpu"),
+                      ratio(per_op(fl, "server_cpu"), per_op(pf, "server_cpu")))
     table.notes += [
-        "ratio = prefork median / floor median (target ≥ 0.95); the floor is `bench/floor.py` "
-        "(blocking accept, recv/sendall, close, nothing else).",
-        "server CPU ratio = the floor's server CPU per operation / prefork's (1.0 = no overhead at all). "
-        "Throughput on a small machine is bounded by client and server sharing the cores, which dilutes "
-        "a server's overhead; CPU per operation shows it undiluted.",
+        "user = the server's own (Python) work, sys = the kernel's; ratio = floor user+sys / prefork user+sys "
+        "(1.0 = no overhead).",
+        "On a machine with few cores the client and the server share the CPU, so a server's overhead shows only "
+        "diluted in the throughput ratio; CPU per operation shows it undiluted.",
     ]
     return table
 
 
-def cpu_per_op(runs: list[Sample]) -> float:
-    return sum(s.server_cpu for s in runs) / (sum(s.ops for s in runs) or 1)
-
-
-def cost_table(samples: dict[Key, list[Sample]], scaling: list[tuple[int, Sample]]) -> Table:
+def client_table(samples: dict[Key, list[Sample]], scaling: list[tuple[int, Sample]]) -> Table:
     table = Table("Is the load client the bottleneck?", ["run", "ops/s", "client CPU µs/op", "server CPU µs/op"])
     for (transport, name, kind), runs in sorted(samples.items()):
-        ops = sum(s.ops for s in runs) or 1
-        table.add(f"{transport} {kind} vs {name}", median([s.rate for s in runs]),
-                  1e6 * sum(s.client_cpu for s in runs) / ops, 1e6 * cpu_per_op(runs))
+        table.add(f"{transport} {kind} vs {name}", median([s.rate for s in runs]), per_op(runs, "client_cpu"),
+                  per_op(runs, "server_cpu"))
     for processes, sample in scaling:
-        ops = sample.ops or 1
         table.add(f"tcp connect vs floor, {processes} client processes", sample.rate,
-                  1e6 * sample.client_cpu / ops, 1e6 * sample.server_cpu / ops)
-    table.notes.append("CPU per operation, all client processes vs all server processes (user + system).")
+                  per_op([sample], "client_cpu"), per_op([sample], "server_cpu"))
+    table.notes.append("CPU per operation of all client processes and of all server processes (user + system). "
+                       "Over loopback the kernel charges much of both ends' TCP work to the process that makes "
+                       "the system call, so a connecting client pays for the handshake.")
     if scaling:
-        table.notes.append("Client scaling: if more client processes do not raise the rate, the client processes "
-                           "are not what limits it; the machine's cores, shared by both sides, are.")
+        (few, low), (many, high) = (scaling[0][0], scaling[0][1].rate), (scaling[-1][0], scaling[-1][1].rate)
+        verdict = ("did not raise the rate: the client processes are not what limits it; the cores, shared by "
+                   "both sides, are" if high <= 1.1 * low else
+                   "raised the rate: at the lower counts the client limited it")
+        table.notes.append(f"Client scaling: {few} → {many} client processes ({low:,.0f} → {high:,.0f}/s) {verdict}.")
     return table
 
 
 def client_scaling(server: servers.BenchServer, n: int, plan: Plan) -> list[tuple[int, Sample]]:
-    return [(p, measure(server, "connect", p, plan.duration)) for p in (n, 2 * n, 4 * n)]
+    """New connections/s against the floor with N, 2N and 4N client processes (median of 3 interleaved rounds)."""
+    counts = (n, 2 * n, 4 * n)
+    runs: dict[int, list[Sample]] = {p: [] for p in counts}
+    for round_ in range(3):
+        for processes in counts if round_ % 2 == 0 else counts[::-1]:
+            runs[processes].append(measure(server, "connect", processes, plan.duration))
+    return [(p, min(runs[p], key=lambda s: abs(s.rate - median([r.rate for r in runs[p]])))) for p in counts]
