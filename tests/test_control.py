@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from conftest import Server, wait_for
 from control_helpers import prefork, snapshot, status_json
 
 from prefork.control import parse_scale
+from prefork.endpoint import MAX_CONNECTIONS, Endpoint
 from prefork.errors import ControlError
 from prefork.pidfile import read_pid
 
@@ -132,3 +135,76 @@ def test_status_survives_a_failed_upgrade(server: Server, tmp_path: Path) -> Non
     server.signal(signal.SIGUSR2)
     wait_for(lambda: "upgrade failed" in server.log(), 30, what="the upgrade to fail")
     assert status_json(pidfile)["master"]["pid"] == server.pid
+
+
+# --- the endpoint under the control socket and /metrics: a real selector loop, in-process ---
+
+
+def run_endpoint(answer: bytes, clients: Callable[[str], None], tmp_path: Path) -> int:
+    """Serve ``answer`` from a selector loop (as the master does) while ``clients`` run; connections left."""
+    path = str(tmp_path / "endpoint.sock")
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen(64)
+    selector = selectors.DefaultSelector()
+    endpoint = Endpoint(listening, "test", selector, lambda request: answer, b"\n")
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def client_side() -> None:
+        try:
+            clients(path)
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=client_side)
+    thread.start()
+    while not done.is_set():
+        for key, _ in selector.select(0.05):
+            key.data()
+    thread.join()
+    assert not errors, errors
+    left = len(endpoint.connections)
+    endpoint.close()
+    selector.close()
+    return left
+
+
+def test_endpoint_writes_a_large_answer_as_the_client_reads(tmp_path: Path) -> None:
+    answer = b"x" * (8 * 2**20)  # far beyond a socket buffer: written over many wake-ups
+    received: list[bytes] = []
+
+    def client(path: str) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(path)
+            sock.sendall(b"status\n")
+            chunks = []
+            while data := sock.recv(65536):
+                chunks.append(data)
+            received.append(b"".join(chunks))
+
+    assert run_endpoint(answer, client, tmp_path) == 0
+    assert received == [answer]
+
+
+def test_endpoint_drops_the_oldest_of_too_many_silent_clients(tmp_path: Path) -> None:
+    outcome: list[bytes] = []
+
+    def clients(path: str) -> None:
+        silent = []
+        for _ in range(MAX_CONNECTIONS + 1):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(path)
+            silent.append(sock)
+        outcome.append(silent[0].recv(10))  # closed by the endpoint: EOF
+        silent[-1].sendall(b"status\n")
+        outcome.append(silent[-1].recv(10))  # the newest is still answered
+        for sock in silent:
+            sock.close()
+
+    run_endpoint(b"ok\n", clients, tmp_path)
+    assert outcome == [b"", b"ok\n"]
