@@ -131,6 +131,8 @@ def _plot_fairness(plt: Any, path: Path, shares: dict[str, list[float]]) -> str:
     for offset, (label, values) in enumerate(shares.items()):
         xs = [i + offset * width for i in range(len(values))]
         ax.bar(xs, [100 * v for v in values], width=width, label=label)
+    workers = max((len(values) for values in shares.values()), default=0)
+    ax.set_xticks([i + width * (len(shares) - 1) / 2 for i in range(workers)], [str(i) for i in range(workers)])
     ax.set_xlabel("worker index")
     ax.set_ylabel("% of connections")
     ax.set_title("Connections served per worker")
