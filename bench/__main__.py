@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     plots = report.write_plots(out, sections)
     print(f"bench: wrote {out / 'results.md'}" + "".join(f", {out / p}" for p in plots), file=sys.stderr)
     if args.readme:
-        update_readme(header, sections, plots)
+        update_readme(header, sections)
     return 0
 
 
@@ -82,11 +82,11 @@ def git_version() -> str:
         return "unknown"
 
 
-def update_readme(header: list[str], sections: list[Section], plots: list[str]) -> None:
+def update_readme(header: list[str], sections: list[Section], readme: Path = README) -> None:
     """Replace what is between the performance markers with the header and the summary tables."""
-    text = README.read_text()
+    text = readme.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README}: no {BEGIN} / {END} markers")
+        raise SystemExit(f"{readme}: no {BEGIN} / {END} markers")
     lines = ["## Performance", "",
              "Every figure comes from one command, `python -m bench` (details, more tables and plots in "
              "[bench/results/results.md](bench/results/results.md)). The machine is small and shared, so absolute "
@@ -100,7 +100,7 @@ def update_readme(header: list[str], sections: list[Section], plots: list[str]) 
     body = "\n".join(lines)
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    README.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    readme.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
 
 
 if __name__ == "__main__":
