@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
               f"- command: `{command.strip()}`",
               f"- prefork: {git_version()}",
               f"- load average before: {report.load_average()}"]
-    sections = []
+    sections, failed = [], []
     for name, run in SECTIONS.items():
         if args.only and name not in args.only:
             continue
         started = time.monotonic()
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        sections.append(run(chosen))
+        try:
+            sections.append(run(chosen))
+        except Exception as exc:  # one broken section must not lose the others' figures
+            traceback.print_exc()
+            failed.append(name)
+            sections.append(Section(name, skipped=f"failed: {type(exc).__name__}: {exc}"))
         print(f"bench: {name} done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
     header.append(f"- load average after: {report.load_average()}")
     report.write_markdown(out / "results.md", header, sections)
@@ -70,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: wrote {out / 'results.md'}" + "".join(f", {out / p}" for p in plots), file=sys.stderr)
     if args.readme:
         update_readme(header, sections)
-    return 0
+    if failed:
+        print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def git_version() -> str:
