@@ -247,10 +247,16 @@ def _usr2(server: servers.BenchServer, until: float) -> int:
     while time.monotonic() < until - 1.0:
         os.kill(master, signal.SIGUSR2)
         sent += 1
-        servers.wait_for(partial(is_dead, master), 30.0, "the old master to exit")
+        servers.wait_for(partial(upgraded_or_refused, server, master), 30.0, "the old master to exit")
+        if not is_dead(master):
+            return 0  # this prefork has no binary upgrade yet
         master = servers.wait_for(partial(find_master, server.pid, master), 10.0, "the new master")
     _nothing(server, until)
     return sent
+
+
+def upgraded_or_refused(server: servers.BenchServer, master: int) -> bool:
+    return is_dead(master) or b"not available" in server.log()
 
 
 def find_master(pgid: int, exclude: int) -> int | None:
