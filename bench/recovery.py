@@ -205,7 +205,7 @@ def storms(plan: Plan) -> Table:
             sent = action(server, load.until)
             result = load.join()
             why = "; ".join(f"{reason} x{count}" for reason, count in result.failures.most_common(3))
-            table.add(name, sent, result.ops, result.failed, why or "")
+            table.add(name, sent if sent >= 0 else "not available", result.ops, result.failed, why or "")
             server.stop()
     finally:
         for server in started.values():
@@ -249,7 +249,7 @@ def _usr2(server: servers.BenchServer, until: float) -> int:
         sent += 1
         servers.wait_for(partial(upgraded_or_refused, server, master), 30.0, "the old master to exit")
         if not is_dead(master):
-            return 0  # this prefork has no binary upgrade yet
+            return -1  # this prefork has no binary upgrade yet
         master = servers.wait_for(partial(find_master, server.pid, master), 10.0, "the new master")
     _nothing(server, until)
     return sent
