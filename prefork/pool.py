@@ -35,13 +35,18 @@ MAX_SPAWN_RATE = 32  # workers added in one second, at most
 
 
 class Pool:
-    """The master's pool sizing state: spawn rate, since when idle capacity is surplus."""
+    """The pool's size and how it is changing: spawn rate, since when idle capacity is surplus.
+
+    The pool owns the worker count while it is on: TTIN/TTOU are undone at the
+    next wake-up, and a reload boots the new generation at the pool's current
+    size (bounded by the new settings), so capacity does not dip across it.
+    """
 
     def __init__(self) -> None:
+        self.size: int | None = None  # None until the pool first runs
         self.next_check = 0.0
         self.rate = 1
         self.surplus_since: float | None = None
-        self.started = False
 
     @staticmethod
     def enabled(settings: Settings) -> bool:
@@ -52,20 +57,20 @@ class Pool:
         return self.next_check if self.enabled(settings) else None
 
     def adjust(self, master: Master, now: float) -> None:
-        """Set ``master.num_workers`` from the scoreboard; at most once per CHECK_INTERVAL."""
-        settings = master.settings
-        if not self.enabled(settings) or master.stopping or now < self.next_check:
+        """Set ``master.num_workers``: the pool's size, resized from the scoreboard once per CHECK_INTERVAL."""
+        settings = master.pending_settings or master.settings
+        if not self.enabled(settings) or master.stopping:
             return
-        self.next_check = now + CHECK_INTERVAL
         low, high = bounds(settings)
-        if not self.started:
-            self.started = True
-            master.num_workers = low
-        target = min(max(master.num_workers, low), high)
-        if master.pending is None:  # during a reload the new generation boots first; sizing resumes after
-            target = self.resize(master, target, low, high, now)
-        if target != master.num_workers:
-            master.num_workers = target
+        if self.size is None:
+            log.info("adaptive pool: %d to %d workers, %d spare", low, high, settings.spare)
+            self.size = low
+        self.size = min(max(self.size, low), high)
+        # During a reload the new generation boots at this size; resizing resumes once it serves.
+        if master.pending is None and now >= self.next_check:
+            self.next_check = now + CHECK_INTERVAL
+            self.size = self.resize(master, self.size, low, high, now)
+        master.num_workers = self.size
 
     def resize(self, master: Master, target: int, low: int, high: int, now: float) -> int:
         settings = master.settings

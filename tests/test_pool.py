@@ -69,7 +69,7 @@ def test_booting_workers_count_as_capacity_coming(master: Master) -> None:
     master.pool.adjust(master, 100.0)
     add_worker(master, state=BUSY)
     add_worker(master, booted=False)
-    master.num_workers = 2
+    master.pool.size = 2  # as if the last look had grown it
     master.pool.adjust(master, 101.0)
     assert master.num_workers == 2
 
@@ -78,7 +78,7 @@ def test_surplus_retires_one_a_second_after_idle_retire(master: Master) -> None:
     master.pool.adjust(master, 100.0)
     for _ in range(4):
         add_worker(master)
-    master.num_workers = 4
+    master.pool.size = 4  # grown by an earlier burst
     seen = []
     for second in range(1, 9):
         master.pool.adjust(master, 100.0 + second)
@@ -87,6 +87,15 @@ def test_surplus_retires_one_a_second_after_idle_retire(master: Master) -> None:
             del master.workers[worker.pid]  # retired
     # Surplus seen at 101; 5 s later (106) one goes, then one a second, down to the minimum.
     assert seen == [4, 4, 4, 4, 4, 3, 2, 1]
+
+
+def test_a_reload_boots_the_new_generation_at_the_pool_size(master: Master) -> None:
+    master.pool.adjust(master, 100.0)
+    master.pool.size = 5
+    master.pending, master.pending_settings = 2, master.settings  # what apply_reload sets...
+    master.num_workers = master.settings.workers  # ...with --workers for the count
+    master.pool.adjust(master, 101.0)
+    assert master.num_workers == 5
 
 
 def test_idle_capacity_is_counted_in_threads(master: Master) -> None:
@@ -100,12 +109,23 @@ def test_idle_capacity_is_counted_in_threads(master: Master) -> None:
 # --- the real server ---
 
 
-def start_pool(server: Server, tmp_path: Path, *args: str) -> Path:
+def start_pool(server: Server, tmp_path: Path, *args: str, idle_retire: str = "1") -> Path:
     pidfile = tmp_path / "prefork.pid"
     # testapps:echo holds its worker busy until the client closes: load we can switch on and off.
+    # --timeout 0: a held connection is load, not a stuck worker.
     server.start("--pid", str(pidfile), "--min-workers", "1", "--max-workers", "4", "--spare", "1",
-                 "--idle-retire", "1", *args, app="testapps:echo", workers=None).wait_ready(1)
+                 "--idle-retire", idle_retire, "--timeout", "0", *args, app="testapps:echo",
+                 workers=None).wait_ready(1)
     return pidfile
+
+
+def hold_connection(server: Server) -> socket.socket:
+    """A connection its worker is serving (busy) until we close it."""
+    sock = socket.create_connection(server.address)
+    sock.settimeout(30)
+    sock.sendall(b"ping")
+    assert sock.recv(10) == b"ping"
+    return sock
 
 
 def serving(pidfile: Path) -> list[dict[str, Any]]:
@@ -161,9 +181,17 @@ def test_spare_capacity_is_counted_in_threads(server: Server, tmp_path: Path) ->
         wait_for(lambda: len(serving(pidfile)) == 2, 30, what="a second worker")
 
 
-def test_reload_keeps_the_pool(server: Server, tmp_path: Path) -> None:
-    pidfile = start_pool(server, tmp_path)
-    result = prefork("reload", "--pid", str(pidfile))
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: [w["generation"] for w in snapshot(pidfile)["workers"]] == [2], 60,
-             what="the new generation at the pool's minimum, the old one gone")
+def test_reload_keeps_the_pool_size(server: Server, tmp_path: Path) -> None:
+    pidfile = start_pool(server, tmp_path, idle_retire="60")
+    held = [hold_connection(server), hold_connection(server)]
+    try:
+        grown = wait_for(lambda: (states := [w["state"] for w in serving(pidfile)]).count("busy") == 2
+                         and "idle" in states and len(states), 30, what="the pool grown past 2 busy workers")
+        result = prefork("reload", "--pid", str(pidfile))
+        assert result.returncode == 0, result.stderr
+        # The new generation booted at the pool's size, not at --workers (the CPU count).
+        assert result.stdout.strip() == f"reloaded: generation 2 serving with {grown} workers"
+        assert len([w for w in snapshot(pidfile)["workers"] if w["generation"] == 2]) == grown
+    finally:
+        for sock in held:
+            sock.close()
