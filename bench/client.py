@@ -130,13 +130,16 @@ def pid_loop(address: Any, go: Callable[[], float], result: LoadResult) -> None:
     """Connect, read the serving worker's pid, close; count answers per pid."""
     until = go()
     while time.monotonic() < until:
+        answer = b""
         try:
             with _connect(address) as sock:
                 answer = _read_all(sock)
+            if not answer:
+                raise ConnectionError("accepted, then closed without an answer")
             result.pids[int(answer)] += 1
             result.ops += 1
         except (OSError, ValueError) as exc:
-            result.failures[_reason(exc) if isinstance(exc, OSError) else "empty or bad answer"] += 1
+            result.failures[_reason(exc) if isinstance(exc, OSError) else f"bad answer {answer[:20]!r}"] += 1
             time.sleep(0.001)
 
 
