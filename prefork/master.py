@@ -161,11 +161,16 @@ class Master:
                                          unix_mode=settings.unix_mode, unix_owner=settings.unix_owner)
         for listener in self.shared:
             log.info("listening on %s", listener.name)
+        # The title first: control commands take a pid file's process for a master by its title.
+        proctitle.set_title(f"master [{settings.proc_name}]")
         if settings.pid:
             self.pidfile = Pidfile(settings.pid)
-            self.pidfile.write(self.pid)
+            try:
+                self.pidfile.write(self.pid)
+            except OSError as exc:
+                self.pidfile = None
+                raise ConfigError(f"pid: cannot write {settings.pid!r}: {exc.strerror}") from None
         self.scoreboard.header.master_pid = self.pid
-        proctitle.set_title(f"master [{settings.proc_name}]")
         self.endpoints = control.open_endpoints(self)
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, self.dispatch_signals)
         self.selector.register(self.events_r, selectors.EVENT_READ, self.read_worker_events)

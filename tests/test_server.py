@@ -349,3 +349,10 @@ def test_python_dash_m_and_console_script_agree() -> None:
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "prefork" in result.stdout
     assert run_cli("--version").stdout == result.stdout
+
+
+def test_unwritable_pid_file_exits_2(tmp_path: Path) -> None:
+    result = run_cli("run", "-b", f"127.0.0.1:{free_port()}", "--pid", str(tmp_path / "no" / "such" / "p.pid"),
+                     "testapps:pid")
+    assert result.returncode == 2, result.stderr
+    assert "cannot write" in result.stderr and "Traceback" not in result.stderr
