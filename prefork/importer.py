@@ -54,8 +54,16 @@ def import_app(spec: str) -> Handler:
 
 
 def load_handler(settings: Settings) -> Handler:
-    """The callable a worker runs per connection, as the settings describe it."""
-    return import_app(settings.app or "")
+    """The callable a worker runs per connection, as the settings describe it.
+
+    With --wsgi, APP is a WSGI application and the handler speaks HTTP/1.1 to it.
+    """
+    app = import_app(settings.app or "")
+    if settings.wsgi:
+        from .http import wsgi_handler  # late: httptools is an optional dependency
+
+        return wsgi_handler(app, settings)
+    return app
 
 
 def add_to_path(directory: str) -> None:

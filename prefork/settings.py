@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -216,6 +217,13 @@ def owner(value: object) -> Owner | None:
     return parse_owner(spec) if spec else None
 
 
+def trusted_networks(value: object) -> tuple[Network, ...]:
+    """--forwarded-allow-ips: networks, or ``*`` for every address."""
+    if isinstance(value, str) and value.strip() == "*":
+        return network_list("0.0.0.0/0,::/0")
+    return network_list(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of a running server; immutable, replaced whole on reload."""
@@ -399,6 +407,45 @@ class Settings:
     )
     unix_owner: Owner | None = setting(  # noqa: RUF009 - Owner is frozen
         None, help="Owner of unix socket files, USER[:GROUP] (names or ids).", parse=owner, metavar="USER[:GROUP]",
+    )
+    # --- HTTP: --wsgi serves APP as a WSGI application (prefork/http/) ---
+    wsgi: bool = setting(
+        False, help="APP is a WSGI application: serve it over HTTP/1.1 (needs the http extra: httptools).",
+        parse=boolean, flag=True,
+    )
+    keepalive: float = setting(
+        5.0, help="HTTP: close a kept-alive connection idle this long (0 = no keep-alive); sooner when "
+        "other connections wait.", parse=seconds, metavar="SECONDS",
+    )
+    limit_request_line: int = setting(
+        4094, help="HTTP: longest request line, in bytes; longer is answered 414 (0 = no limit).",
+        parse=integer(0), metavar="BYTES",
+    )
+    limit_request_fields: int = setting(
+        100, help="HTTP: most header fields in a request; more is answered 431 (0 = no limit).",
+        parse=integer(0), metavar="N",
+    )
+    limit_request_field_size: int = setting(
+        8190, help="HTTP: largest header field (name and value), in bytes; larger is answered 431 (0 = no limit).",
+        parse=integer(0), metavar="BYTES",
+    )
+    access_log: str | None = setting(
+        None, help="HTTP: write an access log line per request to FILE (- for stdout).",
+        parse=optional_text, metavar="FILE",
+    )
+    access_log_format: str = setting(
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+        help="HTTP: access log line, with gunicorn's %(atom)s names (default: Apache combined).",
+        parse=text, metavar="FORMAT",
+    )
+    forwarded_allow_ips: tuple[Network, ...] = setting(
+        (ipaddress.ip_network("127.0.0.1/32"),), help="HTTP: proxies whose X-Forwarded-For/-Proto/-Prefix "
+        "headers are trusted (CIDR, repeatable; * for any); unix socket peers always are.",
+        parse=trusted_networks, metavar="CIDR", multiple=True,
+    )
+    root_path: str = setting(
+        "", help="HTTP: SCRIPT_NAME, the path the application is mounted at behind a proxy (e.g. /app).",
+        parse=text, metavar="PATH",
     )
 
     def __post_init__(self) -> None:

@@ -101,6 +101,10 @@ class ThreadedWorker(Worker):
         finally:
             poller.close()
 
+    def wake_fds(self) -> list[int]:
+        """A thread waiting on a kept-alive client also wakes on TERM."""
+        return [self.wake_r]
+
     def wake_threads(self) -> None:
         if self.wake_w != -1:
             try:

@@ -44,6 +44,9 @@ TRANSIENT_ACCEPT_ERRORS = {
     errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ENETDOWN,
 }
 PR_SET_PDEATHSIG = 1
+# How long a kept-alive connection may still send its next request once another
+# connection queues (see Worker.await_next): a busy client's next request is well under way.
+KEEPALIVE_GRACE = 0.005
 
 
 class StopServing(BaseException):
@@ -140,6 +143,11 @@ class Worker:
         except Exception:
             log.exception("worker boot failed")
             return WORKER_EXIT_BOOT
+        # A handler that keeps connections open between requests (HTTP keep-alive) asks
+        # its worker, between requests, whether to go on: it gets bound to this worker.
+        bind = getattr(handler, "bind_worker", None)
+        if bind is not None:
+            handler = bind(self)
         self.known_fds = set(_open_fds())
         self.slot.state = IDLE
         self.tell_master(EVENT_BOOTED)
@@ -346,6 +354,61 @@ class Worker:
         if not self.alive:
             self.slot.state = STOPPING  # told to stop while busy: leaving, not idle
 
+    # --- persistent connections: asked by handlers between requests (HTTP keep-alive) ---
+
+    def others_waiting(self) -> bool:
+        """Whether a connection waits in one of our listeners' accept queues (zero-timeout poll)."""
+        if not self.alive:
+            return True  # stopping: persistent connections end after their current request
+        poller = select.poll()
+        for listener in self.listeners:
+            poller.register(listener.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def await_next(self, conn: socket.socket, addr: Any, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a kept-alive client's next request; False: close it instead.
+
+        One thread serves one connection at a time, so an idle client must not hold
+        it while others queue: a connection waiting on a listener, a stop, or the
+        timeout ends the wait. A queued connection gets a short grace first: an
+        idle worker may take it, and a client already sending its next request
+        (its bytes in flight) is served rather than cut off. Meanwhile TERM leaves
+        at once, as from accept(). True counts the request just answered and
+        restarts --timeout's clock.
+        """
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+        for fd in [listener.fileno() for listener in self.listeners] + self.wake_fds():
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while self.alive:
+            wait = max(0.0, deadline - time.monotonic())
+            ready = self.idle_poll(poller, wait)
+            if conn.fileno() not in ready:
+                if not ready or not self.alive:
+                    return False  # --keepalive seconds idle, or stopping
+                # A listener woke us: grace for the client, and for idle workers to accept.
+                ready = self.idle_poll(conn_only(conn), min(wait, KEEPALIVE_GRACE))
+                if not ready and self.others_waiting():
+                    return False
+            if ready:
+                self.end_connection()
+                self.begin_connection(format_peer(addr))
+                return True
+        return False
+
+    def idle_poll(self, poller: select.poll, seconds: float) -> set[int]:
+        """poll() as an idle worker: TERM may raise StopServing out of it."""
+        self.idle = True
+        try:
+            return {fd for fd, _ in poller.poll(seconds * 1000)}
+        finally:
+            self.idle = False
+
+    def wake_fds(self) -> list[int]:
+        """Descriptors that become readable when this worker is told to stop (threaded.py)."""
+        return []
+
     def tell_master(self, event: int) -> None:
         try:
             os.write(self.events_fd, EVENT.pack(os.getpid(), event))
@@ -375,6 +438,12 @@ class Worker:
             self.reopen()
         else:
             self.reopen_logs = True
+
+
+def conn_only(conn: socket.socket) -> select.poll:
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    return poller
 
 
 def set_parent_death_signal(sig: int) -> None:

@@ -1,0 +1,113 @@
+"""The access log: one line per request, in gunicorn's ``%(atom)s`` format (Apache combined by default).
+
+Atoms: h remote address, l "-", u remote user, t time [10/Oct/2000:13:55:36 +0000],
+r request line, m method, U path, q query, H protocol, s status, B body bytes,
+b body bytes or "-", f referer, a user agent, T seconds, M milliseconds,
+D microseconds, L seconds with decimals, p pid, {name}i request header,
+{name}o response header, {key}e environ value.
+
+Each line is one ``write()`` to a file opened with O_APPEND, so lines from all
+workers interleave whole. The file is reopened when it was moved (logrotate),
+which is checked at most once a second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .response import Exchange
+
+
+class Atoms:
+    """The values of one request's line, computed only for the atoms the format names."""
+
+    def __init__(self, environ: dict[str, Any], exchange: Exchange, started: float, finished: float) -> None:
+        self.environ = environ
+        self.exchange = exchange
+        self.started = started
+        self.elapsed = finished - started
+
+    def __getitem__(self, key: str) -> str:
+        environ = self.environ
+        if key.startswith("{") and "}" in key:
+            name, _, kind = key[1:].partition("}")
+            return self.named(name, kind)
+        simple: dict[str, Callable[[], str]] = {
+            "h": lambda: environ.get("REMOTE_ADDR") or "-",
+            "l": lambda: "-",
+            "u": lambda: environ.get("REMOTE_USER") or "-",
+            "t": lambda: time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(self.started)),
+            "r": lambda: f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}",
+            "m": lambda: environ["REQUEST_METHOD"],
+            "U": lambda: environ["PATH_INFO"],
+            "q": lambda: environ["QUERY_STRING"],
+            "H": lambda: environ["SERVER_PROTOCOL"],
+            "s": lambda: str(self.exchange.code or "-"),
+            "B": lambda: str(self.exchange.sent),
+            "b": lambda: str(self.exchange.sent or "-"),
+            "f": lambda: environ.get("HTTP_REFERER", "-"),
+            "a": lambda: environ.get("HTTP_USER_AGENT", "-"),
+            "T": lambda: str(int(self.elapsed)),
+            "M": lambda: str(int(self.elapsed * 1000)),
+            "D": lambda: str(int(self.elapsed * 1_000_000)),
+            "L": lambda: f"{self.elapsed:.6f}",
+            "p": lambda: f"<{os.getpid()}>",
+        }
+        atom = simple.get(key)
+        return atom() if atom is not None else "-"
+
+    def named(self, name: str, kind: str) -> str:
+        if kind == "i":
+            return str(self.environ.get("HTTP_" + name.upper().replace("-", "_"), "-"))
+        if kind == "o":
+            lower = name.lower()
+            return next((v for k, v in self.exchange.headers if k.lower() == lower), "-")
+        if kind == "e":
+            return str(self.environ.get(name, "-"))
+        return "-"
+
+
+class AccessLog:
+    """Where lines go: a file (reopened after rotation) or stdout (``-``)."""
+
+    def __init__(self, path: str, line_format: str) -> None:
+        self.path = path
+        self.format = line_format
+        self.fd = -1
+        self.inode = (0, 0)
+        self.checked = 0.0
+
+    def write(self, environ: dict[str, Any], exchange: Exchange, started: float) -> None:
+        line = self.format % Atoms(environ, exchange, started, time.time())
+        data = (line.replace("\n", "\\n") + "\n").encode("utf-8", "replace")
+        try:
+            os.write(self.target(), data)
+        except OSError:
+            pass  # a full disk must not fail the request
+
+    def target(self) -> int:
+        if self.path == "-":
+            return 1
+        now = time.monotonic()
+        if self.fd == -1 or now - self.checked >= 1.0:
+            self.checked = now
+            self.reopen_if_moved()
+        return self.fd
+
+    def reopen_if_moved(self) -> None:
+        try:
+            info = os.stat(self.path)
+            current = (info.st_dev, info.st_ino)
+        except OSError:
+            current = (0, 0)
+        if self.fd != -1 and current == self.inode:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self.fd != -1:
+            os.close(self.fd)
+        self.fd = fd
+        info = os.fstat(fd)
+        self.inode = (info.st_dev, info.st_ino)

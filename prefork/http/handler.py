@@ -1,0 +1,215 @@
+"""The handler a worker runs per connection with --wsgi, and the keep-alive loop of one connection.
+
+Keep-alive policy (one thread serves one connection at a time):
+
+- a request is answered ``Connection: close`` when other connections wait in
+  the worker's accept queue, or the worker is stopping (decided as the head
+  goes out, see response.py): a busy pool degrades to one request per
+  connection, as gunicorn's sync worker always is, instead of starving the queue;
+- between requests the worker waits for the client's next request at most
+  --keepalive seconds, and gives the connection up as soon as another
+  connection queues or a stop comes (:meth:`~prefork.worker.Worker.await_next`);
+- pipelined requests already received are answered in order first.
+
+The handler holds no per-connection state: each connection gets its own
+:class:`HTTPConnection`, so threads (--threads) share the handler safely.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import time
+from typing import Any, Protocol
+
+from ..settings import Settings
+from .accesslog import AccessLog
+from .body import Body, BodyError
+from .environ import HTTPConfig, connection_environ, is_trusted, request_environ
+from .parser import HTTPError, Request, RequestReader
+from .response import Exchange, FileWrapper, error_response
+
+log = logging.getLogger("prefork")
+
+RECV_SIZE = 65536
+DRAIN_LIMIT = 1 << 20  # unread body bytes we read and drop to keep the connection; beyond, close it
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Host(Protocol):
+    """What the handler asks its worker between requests (prefork.worker.Worker)."""
+
+    def others_waiting(self) -> bool: ...
+
+    def await_next(self, conn: socket.socket, addr: Any, timeout: float) -> bool: ...
+
+
+class Alone:
+    """The host of a handler not bound to a worker: nobody else waits, never stopping."""
+
+    def others_waiting(self) -> bool:
+        return False
+
+    def await_next(self, conn: socket.socket, addr: Any, timeout: float) -> bool:
+        return wait_readable(conn, timeout)
+
+
+def tls_pending(sock: socket.socket) -> bool:
+    """Whether TLS already decrypted bytes that poll() cannot see."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def wait_readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has bytes (or EOF) to read within ``timeout`` seconds."""
+    if tls_pending(sock):
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+class WSGIHandler:
+    """Serves a WSGI application on each connection a worker hands over."""
+
+    def __init__(self, app: Any, settings: Settings, host: Host | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.config = HTTPConfig.from_settings(settings)
+        self.host: Host = host or Alone()
+        self.access = AccessLog(settings.access_log, settings.access_log_format) if settings.access_log else None
+        self.date_cache: list[Any] = [0, ""]  # [second, Date header]: replaced whole, safe across threads
+
+    def bind_worker(self, worker: Host) -> WSGIHandler:
+        """This handler, asking ``worker`` about keep-alive (called once in each worker)."""
+        return WSGIHandler(self.app, self.settings, worker)
+
+    def __call__(self, conn: socket.socket, addr: Any) -> None:
+        HTTPConnection(self, conn, addr).serve()
+
+
+class HTTPConnection:
+    """One client connection: read requests, answer them in order, until it should end."""
+
+    def __init__(self, handler: WSGIHandler, sock: socket.socket, addr: Any) -> None:
+        self.handler = handler
+        self.host = handler.host
+        self.sock = sock
+        self.addr = addr
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.reader = RequestReader(handler.config.limits)
+        self.base = connection_environ(handler.config, addr, self.tls, FileWrapper)
+        self.trusted = handler.config.trusted if is_trusted(handler.config, addr) else None
+
+    def serve(self) -> None:
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Heads and bodies go out in separate sends (streaming, sendfile): no Nagle delay.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.read_first():
+            return
+        keepalive = self.handler.config.keepalive
+        while True:
+            request = self.next_request()
+            if request is None or not self.answer(request):
+                return
+            self.reader.queue.popleft()
+            reader = self.reader
+            if reader.queue or reader.partial or reader.error is not None or tls_pending(self.sock):
+                continue  # pipelined, on its way, or a bad request to answer: no waiting to decide
+            if reader.upgraded:
+                return
+            if not self.host.await_next(self.sock, self.addr, keepalive):
+                return
+
+    def read_first(self) -> bool:
+        """Wait (at most --keepalive, else 5 s) for the first request's bytes; usually already here."""
+        if not self.tls:
+            try:
+                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except ConnectionError:
+                return False
+            else:
+                self.reader.feed(data)
+                return bool(data)
+        return wait_readable(self.sock, self.handler.config.keepalive or 5.0)
+
+    def next_request(self) -> Request | None:
+        """The oldest request not yet answered, receiving its head if needed; None: the connection ends."""
+        reader = self.reader
+        while not reader.queue:
+            if reader.error is not None:
+                self.send_error(reader.error)
+                return None
+            if reader.upgraded or not self.receive():
+                return None
+        return reader.queue[0]
+
+    def receive(self) -> bool:
+        """One recv() into the parser; False when the client closed (or reset) the connection."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except ConnectionError:
+            return False
+        if not data:
+            return False
+        self.reader.feed(data)
+        return True
+
+    def answer(self, request: Request) -> bool:
+        """Run the application on ``request``; True when the connection may go on."""
+        started = time.time() if self.handler.access else 0.0
+        environ = request_environ(self.base, request, self.trusted, self.local_address)
+        environ["wsgi.input"] = Body(request, self)
+        exchange = Exchange(self, request)
+        keep = exchange.run(self.handler.app, environ)
+        if self.handler.access is not None:
+            self.handler.access.write(environ, exchange, started)
+        return keep and self.drain(request)
+
+    def drain(self, request: Request) -> bool:
+        """Read and drop what the application left of the body; False: too much, close instead."""
+        request.discard = True
+        dropped = sum(len(chunk) for chunk in request.body_chunks)
+        request.body_chunks.clear()
+        while not request.complete:
+            if dropped > DRAIN_LIMIT or not self.reader.usable or not self.receive():
+                return False
+            dropped += sum(len(chunk) for chunk in request.body_chunks)
+            request.body_chunks.clear()
+        return True
+
+    # --- for the body and the response ---
+
+    def more_body(self, request: Request) -> None:
+        """Receive more of ``request``'s body (asking for it first if the client waits for 100 Continue)."""
+        if request.expect_continue and not request.continue_sent:
+            request.continue_sent = True
+            self.send(CONTINUE)
+        if not self.reader.usable or not self.receive():
+            raise BodyError("the request body ended early" if self.reader.error is None
+                            else f"malformed request body: {self.reader.error.reason}")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_error(self, error: HTTPError) -> None:
+        """Answer a request we refuse ourselves; the connection then ends."""
+        log.debug("bad request from %s: %d %s", self.addr, error.status, error.reason)
+        try:
+            self.send(error_response(error.status, error.reason))
+        except OSError:
+            pass
+
+    def local_address(self) -> tuple[str, str]:
+        """SERVER_NAME and SERVER_PORT when the request has no Host header."""
+        try:
+            name = self.sock.getsockname()
+        except OSError:
+            return "localhost", ""
+        if isinstance(name, tuple):
+            return str(name[0]), str(name[1])
+        return "localhost", ""
+
