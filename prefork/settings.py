@@ -219,7 +219,8 @@ def owner(value: object) -> Owner | None:
 
 def trusted_networks(value: object) -> tuple[Network, ...]:
     """--forwarded-allow-ips: networks, or ``*`` for every address."""
-    if isinstance(value, str) and value.strip() == "*":
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (list, tuple)) and any(isinstance(item, str) and item.strip() == "*" for item in items):
         return network_list("0.0.0.0/0,::/0")
     return network_list(value)
 

@@ -98,7 +98,7 @@ def sleep(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
 
 
 def route(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    path = environ["PATH_INFO"]
+    path = "/" + environ["PATH_INFO"].rpartition("/")[2]  # /mounted/environ is /environ too
     if path == "/echo":
         return ok(start_response, read_all(environ))
     if path == "/lines":
