@@ -98,7 +98,12 @@ def update_readme(header: list[str], sections: list[Section], readme: Path = REA
     lines = ["## Performance", "",
              "Every figure comes from one command, `python -m bench` (details, more tables and plots in "
              "[bench/results/results.md](bench/results/results.md)). The machine is small and shared, so absolute "
-             "numbers are noisy; compare the ratios, measured side by side in the same run.", "", *header, ""]
+             "numbers are noisy; compare the ratios, measured side by side in the same run.", "",
+             "How to read them: the echo test runs the same handler loop in prefork and in the floor, so it shows "
+             "what prefork adds per round trip (nothing: it is out of the way once a connection is handed over); "
+             "new connections per second is where prefork's per-connection bookkeeping (scoreboard slot, peer "
+             "name) shows, and the server CPU per operation shows it without the client's share of the cores.",
+             "", *header, ""]
     for section in sections:
         for table in section.tables:
             if table.summary:
