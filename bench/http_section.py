@@ -26,6 +26,9 @@ def missing() -> list[str]:
 def run(plan: Plan) -> Section:
     section = Section("HTTP: prefork vs gunicorn (wrk)")
     absent = missing()
+    if plan.smoke:
+        section.skipped = "not run by --smoke (wrk and three servers take seconds on their own)"
+        return section
     if absent:
         section.skipped = "needs " + ", ".join(absent)
         return section
