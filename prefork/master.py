@@ -366,7 +366,7 @@ class Master:
         if self.inherited:
             new = dataclasses.replace(new, bind=self.settings.bind)
         if self.pending is not None:
-            self.abandon_pending("superseded by a newer reload")
+            self.abandon_pending("superseded by a newer reload", failed=False)
         try:
             self.open_new_binds(new)
         except Exception as exc:  # BindError and friends: keep serving as we were
@@ -415,12 +415,17 @@ class Master:
             self.stop_worker(worker, "graceful")
         self.notifier.ready(self)
 
-    def abandon_pending(self, why: str) -> None:
-        log.error("reload failed: %s; generation %d keeps serving", why, self.generation)
-        self.stats.reload_failed(why)
+    def abandon_pending(self, why: str, failed: bool = True) -> None:
+        """Give up the generation on trial; the serving one goes on as if nothing happened."""
+        if failed:
+            log.error("reload failed: %s; generation %d keeps serving", why, self.generation)
+            self.stats.reload_failed(why)
+        else:
+            log.info("generation %d %s", self.pending, why)
         for worker in list(self.workers.values()):
             if worker.generation == self.pending and not worker.stopping:
-                self.stop_worker(worker, "fast")
+                # Gracefully: its booted workers already accept, and may be serving someone.
+                self.stop_worker(worker, "graceful")
         if self.pending_settings is not None:
             keep = set(self.settings.bind)
             for listener in [lst for lst in self.shared if lst.address not in keep]:

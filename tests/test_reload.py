@@ -141,3 +141,18 @@ def test_master_fds_and_memory_stable_over_reloads(server: Server) -> None:
         reload_once(n)
     assert master.num_fds() <= fds
     assert master.memory_info().rss < rss + 2 * 1024 * 1024
+
+
+@pytest.mark.timeout(60)
+def test_superseding_reloads_drop_nothing(server: Server) -> None:
+    """HUPs faster than a generation can boot: each supersedes the one still on trial."""
+    server.start(workers=2).wait_ready(2)
+    with Load(server.address, concurrency=4) as load:
+        load.wait_requests(50)
+        for _ in range(60):
+            server.signal(signal.SIGHUP)
+            time.sleep(0.05)
+        wait_for(lambda: "reload done" in server.log(), timeout=20)
+        load.wait_requests(50)
+    assert load.failures == {}, f"{load.failures} (ok: {load.ok})"
+    assert "superseded by a newer reload" in server.log()
