@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -286,3 +287,21 @@ def test_threads_share_the_handler(server: Server) -> None:
         for sock in socks:
             sock.close()
     assert_validator_clean(server)
+
+
+def test_over_tls(server: Server, tmp_path: Path) -> None:
+    """--certfile: the connection is an SSLSocket (no sendfile; bytes TLS decrypted ahead of poll())."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    start_http(server, "--certfile", str(tmp_path / "server.pem"), app="wsgiapps:raw", workers=1)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    conn = http.client.HTTPSConnection(*server.address, timeout=10, context=context)
+    conn.request("GET", "/environ")
+    assert json.loads(conn.getresponse().read())["wsgi.url_scheme"] == "https"
+    conn.request("GET", "/file")  # the same connection: kept alive over TLS, the file sent with send()
+    response = conn.getresponse()
+    assert len(response.read()) == FILE_SIZE and response.getheader("Content-Length") == str(FILE_SIZE)
+    conn.close()

@@ -14,6 +14,7 @@ which is checked at most once a second.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,7 @@ class AccessLog:
         self.fd = -1
         self.inode = (0, 0)
         self.checked = 0.0
+        self.lock = threading.Lock()  # threads (--threads) must not reopen the file at once
 
     def write(self, environ: dict[str, Any], exchange: Exchange, started: float) -> None:
         line = self.format % Atoms(environ, exchange, started, time.time())
@@ -93,8 +95,10 @@ class AccessLog:
             return 1
         now = time.monotonic()
         if self.fd == -1 or now - self.checked >= 1.0:
-            self.checked = now
-            self.reopen_if_moved()
+            with self.lock:
+                if self.fd == -1 or now - self.checked >= 1.0:
+                    self.checked = now
+                    self.reopen_if_moved()
         return self.fd
 
     def reopen_if_moved(self) -> None:
