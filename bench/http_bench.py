@@ -134,7 +134,8 @@ def measure(duration: float, rounds: int, connections: int, workers: int) -> dic
     try:
         for server in servers:
             server.wait_ready()
-            wrk(server.port, 1, connections, threads)  # warm up: imports, first connections
+            if duration >= 2:  # warm up (first connections, lazy imports); a smoke run has no time for it
+                wrk(server.port, 1, connections, threads)
         for number in range(rounds):
             shift = number % len(servers)
             for server in servers[shift:] + servers[:shift]:
