@@ -356,10 +356,18 @@ class Worker:
 
     # --- persistent connections: asked by handlers between requests (HTTP keep-alive) ---
 
+    def should_release(self) -> bool:
+        """Whether a kept-alive connection should end after the current response.
+
+        Yes when this worker is stopping or due to retire (--max-requests), or when a
+        connection waits in one of our listeners' accept queues (a zero-timeout poll).
+        """
+        if not self.alive or self.retire_requested or (self.retire_at and self.slot.requests + 1 >= self.retire_at):
+            return True
+        return self.others_waiting()
+
     def others_waiting(self) -> bool:
         """Whether a connection waits in one of our listeners' accept queues (zero-timeout poll)."""
-        if not self.alive:
-            return True  # stopping: persistent connections end after their current request
         poller = select.poll()
         for listener in self.listeners:
             poller.register(listener.sock, select.POLLIN)
@@ -381,7 +389,7 @@ class Worker:
         for fd in [listener.fileno() for listener in self.listeners] + self.wake_fds():
             poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + timeout
-        while self.alive:
+        while self.alive and not self.retire_requested:
             wait = max(0.0, deadline - time.monotonic())
             ready = self.idle_poll(poller, wait)
             if conn.fileno() not in ready:

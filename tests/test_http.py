@@ -305,3 +305,18 @@ def test_over_tls(server: Server, tmp_path: Path) -> None:
     response = conn.getresponse()
     assert len(response.read()) == FILE_SIZE and response.getheader("Content-Length") == str(FILE_SIZE)
     conn.close()
+
+
+def test_max_requests_counts_requests_on_a_kept_alive_connection(server: Server) -> None:
+    start_http(server, "--max-requests", "3", workers=1)
+    with connect(server.address) as sock:
+        answers = []
+        for _ in range(3):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = read_response(sock)
+            answers.append((response.getheader("Connection"), int(response.read())))
+        assert [a[0] for a in answers] == [None, None, "close"]  # the third is the worker's last
+        assert closed_by_server(sock, 10)
+    first = answers[0][1]
+    wait_for(lambda: first not in server.worker_pids(), 20, what="the worker to be replaced")
+    assert int(get(server.address, "/")[2]) != first

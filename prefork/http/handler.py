@@ -41,7 +41,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class Host(Protocol):
     """What the handler asks its worker between requests (prefork.worker.Worker)."""
 
-    def others_waiting(self) -> bool: ...
+    def should_release(self) -> bool: ...
 
     def await_next(self, conn: socket.socket, addr: Any, timeout: float) -> bool: ...
 
@@ -49,7 +49,7 @@ class Host(Protocol):
 class Alone:
     """The host of a handler not bound to a worker: nobody else waits, never stopping."""
 
-    def others_waiting(self) -> bool:
+    def should_release(self) -> bool:
         return False
 
     def await_next(self, conn: socket.socket, addr: Any, timeout: float) -> bool:

@@ -9,8 +9,9 @@ Keep-alive is decided at the same moment and announced in the head, so the
 client never sends a request on a connection we are about to close: the
 connection is kept when the client wants it and none of these hold: the
 application said ``Connection: close``; the framing needs the close; the
-worker is stopping or other connections wait in its accept queue (one
-thread per worker must not stay with one client while others queue); the
+worker is stopping or due to retire (--max-requests), or other connections
+wait in its accept queue (one thread per worker must not stay with one
+client while others queue); the
 client still holds back a body it was told to wait with (100-continue).
 """
 
@@ -254,7 +255,7 @@ class Exchange:
             return False  # the client may send the body we did not ask for, or may not
         if self.conn.reader.upgraded:
             return False  # what follows the request is another protocol's
-        return not self.conn.host.others_waiting()
+        return not self.conn.host.should_release()
 
     def framed(self, data: bytes) -> bytes:
         """``data`` as it goes on the wire: cut at Content-Length, or as one chunk; counted."""
