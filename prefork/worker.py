@@ -400,6 +400,8 @@ class Worker:
                 if not ready and self.others_waiting():
                     return False
             if ready:
+                if client_closed(conn):
+                    return False  # readable at its end: nothing to count, nothing to serve
                 self.end_connection()
                 self.begin_connection(format_peer(addr))
                 return True
@@ -446,6 +448,18 @@ class Worker:
             self.reopen()
         else:
             self.reopen_logs = True
+
+
+def client_closed(conn: socket.socket) -> bool:
+    """Whether a readable connection holds only its end (EOF or reset); TLS sockets are not peeked."""
+    if hasattr(conn, "pending"):  # an SSLSocket takes no recv flags
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def conn_only(conn: socket.socket) -> select.poll:
