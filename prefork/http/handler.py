@@ -36,6 +36,7 @@ log = logging.getLogger("prefork")
 RECV_SIZE = 65536
 DRAIN_LIMIT = 1 << 20  # unread body bytes we read and drop to keep the connection; beyond, close it
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 2.0  # after an error answer, how long we still read what the client sends
 
 
 class Host(Protocol):
@@ -200,8 +201,26 @@ class HTTPConnection:
         log.debug("bad request from %s: %d %s", self.addr, error.status, error.reason)
         try:
             self.send(error_response(error.status, error.reason))
+            queue = self.reader.queue
+            if self.reader.error is not None or (queue and not queue[0].complete):
+                self.linger()  # the client may still be sending
         except OSError:
             pass
+
+    def linger(self) -> None:
+        """Read and drop what the client still sends, briefly, before closing.
+
+        Closing with unread bytes makes the kernel send a reset, which can destroy
+        the error answer before the client reads it (nginx's lingering_close).
+        """
+        self.sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        dropped = 0
+        while dropped < DRAIN_LIMIT and wait_readable(self.sock, max(0.0, deadline - time.monotonic())):
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                return
+            dropped += len(data)
 
     def local_address(self) -> tuple[str, str]:
         """SERVER_NAME and SERVER_PORT when the request has no Host header."""
