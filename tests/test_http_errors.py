@@ -7,6 +7,7 @@ that nothing here killed or replaced it.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -145,3 +146,12 @@ def test_upgrade_request_is_answered_then_closed(web: Server, pid: int) -> None:
 
 def test_validator_stayed_quiet(web: Server) -> None:
     assert_validator_clean(web)
+
+
+def test_stalled_head_is_closed_and_the_worker_goes_on(web: Server, pid: int) -> None:
+    """Slowloris: a head begun and never finished is dropped after 10 s, well before --timeout (30 s)."""
+    with connect(web.address) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        assert read_until_closed(sock, 40) == b""
+        assert time.monotonic() - started < 29

@@ -36,6 +36,7 @@ log = logging.getLogger("prefork")
 RECV_SIZE = 65536
 DRAIN_LIMIT = 1 << 20  # unread body bytes we read and drop to keep the connection; beyond, close it
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+HEAD_TIMEOUT = 10.0  # a request head must arrive whole this soon after its first bytes
 LINGER_SECONDS = 2.0  # after an error answer, how long we still read what the client sends
 
 
@@ -140,10 +141,16 @@ class HTTPConnection:
     def next_request(self) -> Request | None:
         """The oldest request not yet answered, receiving its head if needed; None: the connection ends."""
         reader = self.reader
+        deadline = 0.0
         while not reader.queue:
             if reader.error is not None:
                 self.send_error(reader.error)
                 return None
+            if reader.partial:  # a head begun: it must be whole within HEAD_TIMEOUT (slowloris)
+                deadline = deadline or time.monotonic() + HEAD_TIMEOUT
+                if not wait_readable(self.sock, max(0.0, deadline - time.monotonic())):
+                    log.debug("request head from %s incomplete after %gs; closed", self.addr, HEAD_TIMEOUT)
+                    return None
             if reader.upgraded or not self.receive():
                 return None
         return reader.queue[0]
