@@ -144,12 +144,15 @@ def test_master_fds_and_memory_stable_over_reloads(server: Server) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_superseding_reloads_drop_nothing(server: Server) -> None:
+def test_superseding_reloads_drop_nothing(server: Server, tmp_path: Path) -> None:
     """HUPs faster than a generation can boot: each supersedes the one still on trial."""
-    server.start(workers=2).wait_ready(2)
+    # Importing the app takes 0.3 s and HUPs come every 0.05 s, so every reload but the last
+    # finds a generation still booting (without this the test depended on the machine's speed).
+    (tmp_path / "slowboot.py").write_text("import time\ntime.sleep(0.3)\nfrom testapps import pid\n")
+    server.start("--chdir", str(tmp_path), app="slowboot:pid", workers=2).wait_ready(2)
     with Load(server.address, concurrency=4) as load:
         load.wait_requests(50)
-        for _ in range(60):
+        for _ in range(30):
             server.signal(signal.SIGHUP)
             time.sleep(0.05)
         wait_for(lambda: "reload done" in server.log(), timeout=20)
