@@ -45,8 +45,10 @@ TRANSIENT_ACCEPT_ERRORS = {
 }
 PR_SET_PDEATHSIG = 1
 # How long a kept-alive connection may still send its next request once another
-# connection queues (see Worker.await_next): a busy client's next request is well under way.
-KEEPALIVE_GRACE = 0.005
+# connection queues (see Worker.await_next). Closing it instead races with a request
+# being sent; a busy client sends within this even on a loaded machine (5 ms did not:
+# wrk saw closes without an answer), and a queued connection waits at most this long.
+KEEPALIVE_GRACE = 0.1
 
 
 class StopServing(BaseException):
@@ -214,6 +216,7 @@ class Worker:
         """Block in accept() itself: the kernel wakes exactly one idle worker per connection."""
         listener = self.listeners[0].sock
         accept: Callable[[], tuple[int, Any]] = listener._accept  # type: ignore[attr-defined]
+        kind = _socket_kind(listener)
         try:
             while True:
                 self.idle = True
@@ -231,7 +234,7 @@ class Worker:
                     self.accept_failed(exc)
                     continue
                 self.idle = False
-                self.serve(handler, _wrap(listener, fd), addr)
+                self.serve(handler, socket.socket(*kind, fileno=fd), addr)
         except StopServing:
             self.idle = False
             self.serve_orphan(handler)
@@ -265,7 +268,7 @@ class Worker:
         except OSError as exc:
             self.accept_failed(exc)
             return True
-        self.serve(handler, _wrap(listener, fd), addr)
+        self.serve(handler, socket.socket(*_socket_kind(listener), fileno=fd), addr)
         return True
 
     def accept_failed(self, exc: OSError) -> None:
@@ -477,9 +480,13 @@ def set_parent_death_signal(sig: int) -> None:
         pass  # not Linux: the event pipe write fails once the master is gone
 
 
-def _wrap(listener: socket.socket, fd: int) -> socket.socket:
-    # Family, type and proto given, so no system call is spent asking the kernel.
-    return socket.socket(listener.family, listener.type, listener.proto, fileno=fd)
+def _socket_kind(listener: socket.socket) -> tuple[int, int, int]:
+    """What ``socket.socket(*kind, fileno=fd)`` needs to wrap an accepted fd without a system call.
+
+    Read once per loop, not per connection: the ``family`` and ``type`` properties
+    convert to enums, which costs more than the rest of our bookkeeping together.
+    """
+    return int(listener.family), int(listener.type), listener.proto
 
 
 def _open_fds() -> list[int]:
