@@ -48,6 +48,21 @@ class Log:
     def set_role(self, role: str) -> None:
         self.role.role = role
 
+    def use(self, path: str | None) -> None:
+        """Log to ``path`` (None: stderr) from now on; OSError if it cannot be opened, and nothing changes."""
+        if path == self.path:
+            self.reopen()
+            return
+        old, self.path = self.path, path
+        try:
+            handler = self._make_handler()
+        except OSError:
+            self.path = old
+            raise
+        self.logger.handlers[:] = [handler]
+        self.handler.close()
+        self.handler = handler
+
     def reopen(self) -> None:
         """Reopen the log file (after logrotate moved it); stderr needs nothing."""
         if isinstance(self.handler, logging.FileHandler):

@@ -283,10 +283,26 @@ class Master:
 
     def handle_usr1(self) -> None:
         self.log.reopen()
-        # A new file is created as the master's user: let --user workers reopen it too.
-        privileges.give_to(privileges.resolve(self.settings.user, self.settings.group), [self.settings.log_file])
+        self.give_log_to_workers(self.settings)
         log.info("USR1: log files reopened")
         self.signal_workers(signal.SIGUSR1)
+
+    def give_log_to_workers(self, settings: Settings) -> None:
+        """A new log file is created as the master's user: let --user workers reopen it too."""
+        try:
+            privileges.give_to(privileges.resolve(settings.user, settings.group), [settings.log_file])
+        except ConfigError as exc:
+            log.error("%s; workers running as %s may not reopen it", exc, settings.user)
+
+    def switch_log(self, new: Settings) -> None:
+        """HUP: reopen the log file, or move to the one the new settings name (ConfigError if it cannot open)."""
+        if new.log_file != self.log.path:
+            log.info("reload: logging to %s from now on", new.log_file or "stderr")
+        try:
+            self.log.use(new.log_file)
+        except OSError as exc:
+            raise ConfigError(f"log_file: cannot open {new.log_file!r}: {exc.strerror}") from None
+        self.give_log_to_workers(new)
 
     def handle_usr2(self) -> None:
         """Binary upgrade: start a new master on our listeners; it tells us (WINCH) when it serves."""
@@ -346,6 +362,7 @@ class Master:
         try:
             new = self.reload_settings()
             hooks.import_hooks(new)
+            self.switch_log(new)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             self.notifier.reload_failed(self, str(exc))

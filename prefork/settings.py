@@ -277,8 +277,8 @@ class Settings:
     )
     log_level: str = setting("info", help="debug, info, warning, error or critical.", parse=log_level, metavar="LEVEL")
     log_file: str | None = setting(
-        None, help="Log to FILE instead of stderr; reopened on USR1.", parse=optional_text, metavar="FILE",
-        start_only=True,
+        None, help="Log to FILE instead of stderr; reopened on USR1 and HUP (a HUP also switches to a new FILE).",
+        parse=optional_text, metavar="FILE",
     )
     name: str | None = setting(
         None, help="The name shown in process titles (default: the APP string).",

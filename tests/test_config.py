@@ -338,6 +338,24 @@ def test_hup_warns_about_settings_it_cannot_change(server: Server, tmp_path: Pat
     assert "reload: umask only take effect when the master starts" in server.log()
 
 
+def test_hup_switches_to_a_new_log_file_and_refuses_one_it_cannot_open(server: Server, tmp_path: Path) -> None:
+    config, first, second = tmp_path / "app.toml", tmp_path / "first.log", tmp_path / "second.log"
+    config.write_text(f'workers = 1\nlog_file = "{first}"\n')
+    server.start("-c", str(config), workers=None)
+    wait_for(lambda: first.exists() and "booted" in first.read_text(), what="boot in the first log")
+    config.write_text(f'workers = 1\nlog_file = "{second}"\n')
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: second.exists() and "reload done" in second.read_text(), timeout=30, what="reload in the new log")
+    assert f"reload: logging to {second} from now on" in first.read_text()
+    assert "gen 2" in second.read_text() and "gen 2" not in first.read_text()  # new workers write there too
+    config.write_text(f'workers = 1\nlog_file = "{tmp_path}/missing/third.log"\n')
+    serving = server.serving_pids()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in second.read_text(), what="refusal in the current log")
+    assert f"log_file: cannot open '{tmp_path}/missing/third.log': No such file or directory" in second.read_text()
+    assert server.serving_pids() == serving  # nothing restarted, still serving
+
+
 def test_hup_rereads_relative_config_after_chdir(server: Server, tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     config = tmp_path / "app.toml"
