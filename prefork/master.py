@@ -8,7 +8,6 @@ through :attr:`Master.signal_table`, the whole signal policy on one screen.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -25,16 +24,16 @@ from . import control, hooks, privileges, proctitle
 from .endpoint import Endpoint
 from .errors import EXIT_APP, EXIT_BOOT, EXIT_OK, WORKER_EXIT_APP, AppImportError, BootError, ConfigError
 from .importer import Handler
+from .listeners import Listeners
 from .log import Log
 from .pidfile import Pidfile
 from .pool import Pool
 from .scoreboard import BUSY, Scoreboard
 from .settings import Settings, start_only_changes
-from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .status import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .systemd import Notifier
 from .threaded import ThreadedWorker, any_threaded, make_nonblocking
-from .upgrade import inherited_ownership, spawn_new_master, upgraded_from
+from .upgrade import spawn_new_master, upgraded_from
 from .worker import EVENT, EVENT_BOOTED, EVENT_RETIRE, Worker
 
 log = logging.getLogger("prefork")
@@ -89,9 +88,7 @@ class Master:
         self.generation = 1
         self.pending: int | None = None  # a generation on trial during a reload
         self.pending_settings: Settings | None = None
-        self.shared: list[Listener] = []
-        self.inherited = False  # listeners came from LISTEN_FDS: --bind does not apply
-        self.per_index: dict[int, list[Listener]] = {}  # --reuse-port: sockets owned by a worker slot
+        self.listeners = Listeners()
         self.scoreboard = Scoreboard(max(1024, settings.workers * 4))
         self.pidfile: Pidfile | None = None
         self.ever_booted = False
@@ -146,21 +143,7 @@ class Master:
         settings = self.settings
         hooks.run("on_starting", settings, self)
         self.replaces = upgraded_from(os.environ)
-        inherited = listeners_from_environment(os.environ)
-        if inherited is not None:
-            # Socket activation or a binary upgrade: serve what we were given, whatever --bind says.
-            self.shared = inherited
-            self.inherited = True
-            for listener, owned in zip(inherited, inherited_ownership(os.environ, len(inherited)), strict=True):
-                # Sockets an old master created are ours to unlink at exit; systemd's never are,
-                # not even after an upgrade from a socket-activated master.
-                listener.owned = owned
-            self.settings = settings = dataclasses.replace(settings, bind=tuple(lst.address for lst in inherited))
-        else:
-            self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port,
-                                         unix_mode=settings.unix_mode, unix_owner=settings.unix_owner)
-        for listener in self.shared:
-            log.info("listening on %s", listener.name)
+        self.settings = settings = self.listeners.open(settings, os.environ)
         # The title first: control commands take a pid file's process for a master by its title.
         proctitle.set_title(f"master [{settings.proc_name}]")
         if settings.pid:
@@ -313,7 +296,7 @@ class Master:
             self.pidfile.rename(self.pidfile.path + ".oldbin")
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
-            self.new_master = spawn_new_master(self.shared, self.notifier.environment())
+            self.new_master = spawn_new_master(self.listeners.shared, self.notifier.environment())
         except OSError as exc:
             log.error("upgrade failed: cannot start a new master: %s", exc.strerror)
             self.upgrade_failed()
@@ -332,8 +315,7 @@ class Master:
         log.info("upgrade: new master (pid %d) is serving; retiring this one", self.new_master)
         self.notifier.hand_over()  # it speaks for the service now: our STOPPING=1 would stop it too
         proctitle.set_title(f"master (old) [{self.settings.proc_name}]")
-        for listener in self.all_listeners():
-            listener.owned = False  # the new master holds them now: never unlink
+        self.listeners.let_go()  # the new master holds them now: never unlink
         self.stop_all("graceful")
 
     def upgrade_failed(self, why: str = "") -> None:
@@ -380,12 +362,10 @@ class Master:
 
     def apply_reload(self, new: Settings) -> None:
         """Start a new generation with ``new``; the old one serves until it has booted."""
-        if self.inherited:
-            new = dataclasses.replace(new, bind=self.settings.bind)
         if self.pending is not None:
             self.abandon_pending("superseded by a newer reload", failed=False)
         try:
-            self.open_new_binds(new)
+            new = self.listeners.open_added(new)
         except Exception as exc:  # BindError and friends: keep serving as we were
             log.error("reload refused: %s", exc)
             self.notifier.reload_failed(self, str(exc))
@@ -400,30 +380,12 @@ class Master:
         log.info("reloading: starting generation %d (%d workers)", self.pending, self.num_workers)
         hooks.run("on_reload", new, self)
 
-    def open_new_binds(self, new: Settings) -> None:
-        """Open listeners for addresses added to the bind list (removed ones close on success)."""
-        have = {listener.address for listener in self.shared}
-        for address in new.bind:
-            if address not in have:
-                listener = create_listener(address, new.backlog, new.reuse_port,
-                                           unix_mode=new.unix_mode, unix_owner=new.unix_owner)
-                log.info("listening on %s", listener.name)
-                self.shared.append(listener)
-        set_blocking_mode(self.listeners_for(new))
-
-    def listeners_for(self, settings: Settings) -> list[Listener]:
-        wanted = set(settings.bind)
-        return [listener for listener in self.shared if listener.address in wanted]
-
     def commit_pending(self) -> None:
         assert self.pending is not None and self.pending_settings is not None
         old = self.generation
         self.generation, self.settings = self.pending, self.pending_settings
         self.pending, self.pending_settings = None, None
-        for listener in [lst for lst in self.shared if lst.address not in set(self.settings.bind)]:
-            log.info("no longer listening on %s", listener.name)
-            self.shared.remove(listener)
-            listener.close()
+        self.listeners.close_unlisted(self.settings, say=True)
         self.stats.reloads += 1
         retiring = [w for w in self.workers.values() if w.generation != self.generation and not w.stopping]
         log.info("reload done: generation %d serving, retiring %d workers of generation %d",
@@ -444,11 +406,7 @@ class Master:
                 # Gracefully: its booted workers already accept, and may be serving someone.
                 self.stop_worker(worker, "graceful")
         if self.pending_settings is not None:
-            keep = set(self.settings.bind)
-            for listener in [lst for lst in self.shared if lst.address not in keep]:
-                self.shared.remove(listener)
-                listener.close()
-            set_blocking_mode(self.listeners_for(self.settings))
+            self.listeners.close_unlisted(self.settings, say=False)
         self.pending, self.pending_settings = None, None
         self.num_workers = self.settings.workers
 
@@ -487,7 +445,7 @@ class Master:
             log.error("scoreboard full (%d slots): not starting worker %d", self.scoreboard.capacity, index)
             return
         settings = self.pending_settings if generation == self.pending and self.pending_settings else self.settings
-        listeners = self.worker_listeners(index, settings)
+        listeners = self.listeners.for_worker(index, settings)
         if settings.threads > 1 or any_threaded(self):
             make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
         record = WorkerProcess(0, index, generation, slot, time.monotonic())
@@ -515,7 +473,7 @@ class Master:
                     events_fd=self.events_w, log_=self.log, handler=self.preloaded,
                     close_fds=[self.wakeup_r, self.wakeup_w, self.events_r, self.selector.fileno(),
                                *(fd for endpoint in self.endpoints for fd in endpoint.fds())],
-                    foreign=[lst for lst in self.all_listeners() if lst not in listeners],
+                    foreign=[lst for lst in self.listeners.all() if lst not in listeners],
                     server=self,
                 ).run()
             finally:
@@ -525,27 +483,6 @@ class Master:
         record.pid, record.started = pid, time.monotonic()
         self.workers[pid] = record
         log.debug("spawned worker %d gen %d (pid %d)", index, generation, pid)
-
-    def worker_listeners(self, index: int, settings: Settings) -> list[Listener]:
-        """The sockets worker ``index`` accepts on.
-
-        With --reuse-port each worker slot has its own sockets, kept here in the
-        master: closing one would drop the connections queued on it, so a
-        replacement (after a death or a reload) takes over its predecessor's.
-        """
-        if not settings.reuse_port or index == 0:
-            # Worker 0 takes the master's own sockets, which are in the same SO_REUSEPORT group:
-            # the kernel hashes connections onto them too, so someone must accept there.
-            return self.listeners_for(settings)
-        sockets = self.per_index.get(index)
-        if sockets is None:
-            # SO_REUSEPORT exists for TCP only: unix and inherited sockets stay shared.
-            sockets = [create_listener(lst.address, settings.backlog, True)
-                       if lst.address.kind == "tcp" and lst.owned else lst
-                       for lst in self.listeners_for(settings)]
-            set_blocking_mode(sockets)
-            self.per_index[index] = sockets
-        return sockets
 
     def worker_booted(self, worker: WorkerProcess) -> None:
         worker.booted = True
@@ -595,7 +532,7 @@ class Master:
             self.stats.restart(RESTART_DIED)
         else:
             self.boot_failed(worker, status, why)
-        self.close_unused_sockets()
+        self.listeners.close_slots(self.num_workers, {w.index for w in self.workers.values()})
 
     def boot_failed(self, worker: WorkerProcess, status: int, why: str) -> None:
         self.boot_failures += 1
@@ -647,16 +584,12 @@ class Master:
             # Workers drain what the kernel queued, with non-blocking accepts, then leave;
             # new clients are refused once the last copy of each listener closes.
             self.scoreboard.header.shutting_down = 1
-            for listener in self.all_listeners():
-                listener.sock.setblocking(False)
-                listener.unlink()
-                listener.sock.close()
+            self.listeners.stop_accepting()
         elif first:
             # Its workers block on these sockets too (and O_NONBLOCK is shared by all):
             # touch nothing, never unlink, just let our workers finish and leave.
-            for listener in self.all_listeners():
-                listener.owned = False
-                listener.sock.close()
+            self.listeners.let_go()
+            self.listeners.close_ours()
         for worker in self.workers.values():
             if worker.stopping != "kill" and (worker.stopping != how or how == "fast"):
                 self.stop_worker(worker, how)
@@ -741,27 +674,11 @@ class Master:
             except ProcessLookupError:
                 pass
 
-    def all_listeners(self) -> list[Listener]:
-        return self.shared + [lst for group in self.per_index.values() for lst in self.own_sockets(group)]
-
-    def own_sockets(self, group: list[Listener]) -> list[Listener]:
-        """The sockets of a --reuse-port slot that are its own (not the shared unix/inherited ones)."""
-        return [lst for lst in group if all(lst is not shared for shared in self.shared)]
-
-    def close_unused_sockets(self) -> None:
-        """--reuse-port: close a slot's sockets once no worker of that index remains or is wanted."""
-        for index in [i for i in self.per_index if i >= self.num_workers]:
-            if not any(w.index == index for w in self.workers.values()):
-                for listener in self.own_sockets(self.per_index.pop(index)):
-                    listener.sock.close()
-
     def cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        for listener in self.all_listeners():
-            if listener.sock.fileno() != -1:
-                listener.close()
+        self.listeners.close_all()
         if self.pidfile is not None:
             self.pidfile.remove()
         for endpoint in self.endpoints:

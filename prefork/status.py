@@ -69,7 +69,7 @@ def snapshot(master: Master) -> dict[str, Any]:
             "generation": master.generation,
             "pending_generation": master.pending,
             "started": master.stats.started,
-            "listeners": [listener.name for listener in master.shared],
+            "listeners": [listener.name for listener in master.listeners.shared],
             "target_workers": master.num_workers,
             "threads": settings.threads,
             "stopping": master.stopping or None,
