@@ -51,6 +51,11 @@ PR_SET_PDEATHSIG = 1
 KEEPALIVE_GRACE = 0.1
 
 
+# With several listeners, how often a worker moves to the back of the listeners' wait
+# queues (see _requeue): often enough to take turns, rarely enough to cost nothing.
+REQUEUE_INTERVAL = 0.002
+
+
 class StopServing(BaseException):
     """Raised by the TERM handler to leave a blocking accept() (PEP 475 would retry it).
 
@@ -245,6 +250,7 @@ class Worker:
         poller = select.epoll()
         for fd in by_fd:
             poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        requeue_at = 0.0
         try:
             while True:
                 self.idle = True
@@ -253,7 +259,11 @@ class Worker:
                 ready = poller.poll()
                 self.idle = False
                 for fd, _ in ready:
-                    self.accept_one(handler, by_fd[fd])
+                    if self.accept_one(handler, by_fd[fd]) and time.monotonic() >= requeue_at:
+                        # At most every REQUEUE_INTERVAL: two epoll_ctl calls per connection
+                        # would cost more than the rest of our per-connection work.
+                        requeue(poller, fd)
+                        requeue_at = time.monotonic() + REQUEUE_INTERVAL
         except StopServing:
             self.idle = False
         finally:
@@ -478,6 +488,19 @@ def set_parent_death_signal(sig: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the event pipe write fails once the master is gone
+
+
+def requeue(poller: select.epoll, fd: int) -> None:
+    """Move our entry in ``fd``'s wait queue to its tail.
+
+    With EPOLLEXCLUSIVE the kernel wakes the first idle waiter in the listener's
+    wait queue, whose order is that of registration and never changes: the same
+    few workers would take nearly every connection. Registering again after
+    serving puts us behind every worker that has waited longer, so connections
+    go round the idle workers, as with blocking accept().
+    """
+    poller.unregister(fd)
+    poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
 
 
 def _socket_kind(listener: socket.socket) -> tuple[int, int, int]:

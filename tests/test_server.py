@@ -108,6 +108,18 @@ def test_multiple_binds(server: Server, tmp_path: Path) -> None:
         assert int(request(path)) in pids
 
 
+def test_multiple_binds_take_turns_when_idle(server: Server, tmp_path: Path) -> None:
+    """With several listeners (epoll, EPOLLEXCLUSIVE), one client at a time still reaches every worker.
+
+    The kernel wakes the first idle waiter in a listener's wait queue, and that order
+    never changes by itself: without the workers moving to its back now and then,
+    one worker would serve every one of these connections.
+    """
+    server.start("--bind", f"unix:{tmp_path / 'm.sock'}", workers=4).wait_ready(4)
+    served = {server.ask_pid() for _ in range(400)}
+    assert served == server.worker_pids()
+
+
 def test_inherited_fd_bind(server: Server) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
