@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
@@ -28,6 +29,7 @@ from .report import Section, Table, median, percentile
 PROBE_APP = "bench.apps:probe"
 KILL_TARGET_MS = 50.0
 HUP_INTERVAL = 0.05  # faster than a generation boots: most reloads are superseded before they finish
+KILL_INTERVAL = 0.2
 
 
 def run(plan: Plan) -> Section:
@@ -214,7 +216,10 @@ def storms(plan: Plan) -> Table:
         f"HUP storm: a HUP every {HUP_INTERVAL:g} s, most superseding a reload still under way.",
         "TTIN/TTOU: one more worker, one fewer, alternately every 0.1 s.",
         "USR2: binary upgrades one after another (each waits for the old master to exit).",
-        "Target: 0 failed.",
+        f"kill -9: a worker chosen at random is killed every {KILL_INTERVAL:g} s; only a connection it had "
+        "accepted and not yet answered can fail (the accept queue belongs to the socket, not to the worker), "
+        "so the target there is failed ≤ signals sent.",
+        "Target: 0 failed (kill -9: at most one per kill).",
     ]
     return table
 
@@ -255,6 +260,19 @@ def _usr2(server: servers.BenchServer, until: float) -> int:
     return sent
 
 
+def _kill_workers(server: servers.BenchServer, until: float) -> int:
+    master, sent = psutil.Process(server.pid), 0
+    while time.monotonic() < until - KILL_INTERVAL:
+        with contextlib.suppress(psutil.Error):
+            workers = [c for c in master.children() if c.status() != psutil.STATUS_ZOMBIE]
+            if workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(random.choice(workers).pid, signal.SIGKILL)
+                    sent += 1
+        time.sleep(KILL_INTERVAL)
+    return sent
+
+
 def upgraded_or_refused(server: servers.BenchServer, master: int) -> bool:
     return is_dead(master) or b"not available" in server.log()
 
@@ -270,4 +288,5 @@ def find_master(pgid: int, exclude: int) -> int | None:
     return None
 
 
-STORMS = {"nothing (baseline)": _nothing, "HUP storm": _hup_storm, "TTIN/TTOU": _ttin_ttou, "USR2 upgrades": _usr2}
+STORMS = {"nothing (baseline)": _nothing, "HUP storm": _hup_storm, "TTIN/TTOU": _ttin_ttou, "USR2 upgrades": _usr2,
+          "kill -9 of workers": _kill_workers}
