@@ -181,12 +181,20 @@ def test_spare_capacity_is_counted_in_threads(server: Server, tmp_path: Path) ->
         wait_for(lambda: len(serving(pidfile)) == 2, 30, what="a second worker")
 
 
+def settled_size(pidfile: Path, busy: int) -> int | None:
+    """The pool's size once ``busy`` workers are busy, the spare is idle and nothing still boots."""
+    report = snapshot(pidfile)
+    states = [w["state"] for w in report["workers"]]
+    settled = (states.count("busy") == busy and "idle" in states and "booting" not in states
+               and len(states) == report["master"]["target_workers"])
+    return len(states) if settled else None
+
+
 def test_reload_keeps_the_pool_size(server: Server, tmp_path: Path) -> None:
     pidfile = start_pool(server, tmp_path, idle_retire="60")
     held = [hold_connection(server), hold_connection(server)]
     try:
-        grown = wait_for(lambda: (states := [w["state"] for w in serving(pidfile)]).count("busy") == 2
-                         and "idle" in states and len(states), 30, what="the pool grown past 2 busy workers")
+        grown = wait_for(lambda: settled_size(pidfile, busy=2), 30, what="the pool grown past 2 busy workers")
         result = prefork("reload", "--pid", str(pidfile))
         assert result.returncode == 0, result.stderr
         # The new generation booted at the pool's size, not at --workers (the CPU count).
