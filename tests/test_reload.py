@@ -44,7 +44,9 @@ def test_failed_reload_keeps_old_generation(server: Server, tmp_path: Path) -> N
     log = server.log()
     assert "broken deploy" in log and "Traceback" in log  # the cause, with its traceback
     assert "generation 1 keeps serving" in log
-    assert server.worker_pids() == old
+    # The trial generation's other workers are told to leave when the first one fails;
+    # on a loaded machine one may still be on its way out when the failure is logged.
+    wait_for(lambda: server.worker_pids() == old, what="only the old generation left")
     assert server.ask().startswith(b"v1")
     # Fix the code: the next HUP loads it.
     app.write_text("import os\ndef handler(conn, addr):\n    conn.sendall(b'v2 %d' % os.getpid())\n")
