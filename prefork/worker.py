@@ -230,6 +230,11 @@ class Worker:
                 try:
                     fd, addr = accept()
                 except BlockingIOError:
+                    if self.scoreboard.header.shutting_down:
+                        # The master made the listener non-blocking to stop: leave (and drain).
+                        # A TERM that landed inside accept() has not run its handler yet, and
+                        # nothing would interrupt the select() below to run it.
+                        break
                     # Threaded workers (an old or new generation's --threads) need the shared
                     # listener non-blocking: wait for a connection instead, still idle.
                     select.select([listener], [], [])
