@@ -59,6 +59,8 @@ class Log:
         except OSError:
             self.path = old
             raise
+        # Said where the log was until now, so a reader of the old file knows where it went on.
+        self.logger.info("logging to %s from now on", path or "stderr")
         self.logger.handlers[:] = [handler]
         self.handler.close()
         self.handler = handler

@@ -279,8 +279,6 @@ class Master:
 
     def switch_log(self, new: Settings) -> None:
         """HUP: reopen the log file, or move to the one the new settings name (ConfigError if it cannot open)."""
-        if new.log_file != self.log.path:
-            log.info("reload: logging to %s from now on", new.log_file or "stderr")
         try:
             self.log.use(new.log_file)
         except OSError as exc:

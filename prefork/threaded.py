@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .importer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
-from .worker import REQUEUE_INTERVAL, Worker, requeue
+from .worker import TakeTurns, Worker
 
 if TYPE_CHECKING:
     from .master import Master
@@ -88,14 +88,11 @@ class ThreadedWorker(Worker):
             for fd in by_fd:
                 poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
             poller.register(self.wake_r, select.EPOLLIN)
-            requeue_at = 0.0
+            turns = TakeTurns(poller)  # with the other threads and workers
             while self.alive:
                 for fd, _ in poller.poll():
-                    if fd == self.wake_r or not self.alive:
-                        continue
-                    if self.accept_one(handler, by_fd[fd]) and time.monotonic() >= requeue_at:
-                        requeue(poller, fd)  # take turns with the other threads and workers
-                        requeue_at = time.monotonic() + REQUEUE_INTERVAL
+                    if fd != self.wake_r and self.alive and self.accept_one(handler, by_fd[fd]):
+                        turns.served(fd)
             if self.scoreboard.header.shutting_down:
                 self.drain(handler)  # every thread drains: the queue empties in parallel
         except BaseException as exc:  # a listener failed: stop the whole worker, report in the main thread

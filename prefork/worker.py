@@ -52,7 +52,7 @@ KEEPALIVE_GRACE = 0.1
 
 
 # With several listeners, how often a worker moves to the back of the listeners' wait
-# queues (see _requeue): often enough to take turns, rarely enough to cost nothing.
+# queues (see TakeTurns): often enough to take turns, rarely enough to cost nothing.
 REQUEUE_INTERVAL = 0.002
 
 
@@ -93,6 +93,8 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.listeners = listeners
+        # What wraps an accepted fd, per listener: read once, not per connection.
+        self.socket_kinds = {listener.fileno(): _socket_kind(listener.sock) for listener in listeners}
         self.scoreboard = scoreboard
         self.slot: Slot = scoreboard.slots[slot_number]
         self.index = index
@@ -221,7 +223,7 @@ class Worker:
         """Block in accept() itself: the kernel wakes exactly one idle worker per connection."""
         listener = self.listeners[0].sock
         accept: Callable[[], tuple[int, Any]] = listener._accept  # type: ignore[attr-defined]
-        kind = _socket_kind(listener)
+        kind = self.socket_kinds[listener.fileno()]
         try:
             while True:
                 self.idle = True
@@ -255,7 +257,7 @@ class Worker:
         poller = select.epoll()
         for fd in by_fd:
             poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-        requeue_at = 0.0
+        turns = TakeTurns(poller)
         try:
             while True:
                 self.idle = True
@@ -264,11 +266,8 @@ class Worker:
                 ready = poller.poll()
                 self.idle = False
                 for fd, _ in ready:
-                    if self.accept_one(handler, by_fd[fd]) and time.monotonic() >= requeue_at:
-                        # At most every REQUEUE_INTERVAL: two epoll_ctl calls per connection
-                        # would cost more than the rest of our per-connection work.
-                        requeue(poller, fd)
-                        requeue_at = time.monotonic() + REQUEUE_INTERVAL
+                    if self.accept_one(handler, by_fd[fd]):
+                        turns.served(fd)
         except StopServing:
             self.idle = False
         finally:
@@ -283,7 +282,7 @@ class Worker:
         except OSError as exc:
             self.accept_failed(exc)
             return True
-        self.serve(handler, socket.socket(*_socket_kind(listener), fileno=fd), addr)
+        self.serve(handler, socket.socket(*self.socket_kinds[listener.fileno()], fileno=fd), addr)
         return True
 
     def accept_failed(self, exc: OSError) -> None:
@@ -495,24 +494,35 @@ def set_parent_death_signal(sig: int) -> None:
         pass  # not Linux: the event pipe write fails once the master is gone
 
 
-def requeue(poller: select.epoll, fd: int) -> None:
-    """Move our entry in ``fd``'s wait queue to its tail.
+class TakeTurns:
+    """Let the workers (and threads) waiting on the same listeners with EPOLLEXCLUSIVE take turns.
 
-    With EPOLLEXCLUSIVE the kernel wakes the first idle waiter in the listener's
-    wait queue, whose order is that of registration and never changes: the same
-    few workers would take nearly every connection. Registering again after
-    serving puts us behind every worker that has waited longer, so connections
-    go round the idle workers, as with blocking accept().
+    The kernel wakes the first idle waiter in a listener's wait queue, whose order
+    is that of registration and never changes: the same few workers would take
+    nearly every connection. Registering again after serving moves us behind every
+    waiter that has waited longer, so connections go round the idle ones, as with
+    blocking accept(). At most every REQUEUE_INTERVAL: two epoll_ctl calls on every
+    connection would cost more than the rest of our per-connection work.
     """
-    poller.unregister(fd)
-    poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def __init__(self, poller: select.epoll) -> None:
+        self.poller = poller
+        self.next_at = 0.0
+
+    def served(self, fd: int) -> None:
+        """A connection from listener ``fd`` was served: go to the back of its queue, now and then."""
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.poller.unregister(fd)
+            self.poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            self.next_at = now + REQUEUE_INTERVAL
 
 
 def _socket_kind(listener: socket.socket) -> tuple[int, int, int]:
     """What ``socket.socket(*kind, fileno=fd)`` needs to wrap an accepted fd without a system call.
 
-    Read once per loop, not per connection: the ``family`` and ``type`` properties
-    convert to enums, which costs more than the rest of our bookkeeping together.
+    The ``family`` and ``type`` properties convert to enums, which costs more than
+    the rest of our per-connection bookkeeping together: read them once per worker.
     """
     return int(listener.family), int(listener.type), listener.proto
 

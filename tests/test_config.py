@@ -346,7 +346,7 @@ def test_hup_switches_to_a_new_log_file_and_refuses_one_it_cannot_open(server: S
     config.write_text(f'workers = 1\nlog_file = "{second}"\n')
     server.signal(signal.SIGHUP)
     wait_for(lambda: second.exists() and "reload done" in second.read_text(), timeout=30, what="reload in the new log")
-    assert f"reload: logging to {second} from now on" in first.read_text()
+    assert f"logging to {second} from now on" in first.read_text()
     assert "gen 2" in second.read_text() and "gen 2" not in first.read_text()  # new workers write there too
     config.write_text(f'workers = 1\nlog_file = "{tmp_path}/missing/third.log"\n')
     serving = server.serving_pids()
