@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import signal
 import socket
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 
@@ -29,9 +30,7 @@ from .endpoint import Endpoint
 from .errors import BindError, ControlError, NotRunningError
 from .pidfile import read_pid
 from .sockets import create_listener
-
-if TYPE_CHECKING:
-    from .master import Master
+from .view import ServerView
 
 log = logging.getLogger("prefork")
 
@@ -48,11 +47,12 @@ def control_path(pidfile: str) -> str:
     return os.path.abspath(pidfile) + ".ctl"
 
 
-def open_endpoints(master: Master) -> list[Endpoint]:
-    """The control socket (when there is a pid file) and the metrics listener (when asked for)."""
+def open_endpoints(master: ServerView, selector: selectors.BaseSelector, pidfile: str | None) -> list[Endpoint]:
+    """The control socket (when there is a pid file) and the metrics listener (when asked for),
+    answered from ``selector``."""
     endpoints = []
-    if master.pidfile is not None:
-        endpoint = open_control_socket(master, control_path(master.pidfile.path))
+    if pidfile is not None:
+        endpoint = open_control_socket(master, selector, control_path(pidfile))
         if endpoint is not None:
             endpoints.append(endpoint)
     address = master.settings.metrics_bind
@@ -65,12 +65,12 @@ def open_endpoints(master: Master) -> list[Endpoint]:
                 raise  # stops the start, as for --bind
             log.warning("no metrics in this upgraded master: %s", exc)
             return endpoints
-        endpoints.append(Endpoint(listener.sock, f"metrics on {listener.name}", master.selector,
+        endpoints.append(Endpoint(listener.sock, f"metrics on {listener.name}", selector,
                                   partial(metrics.answer_http, master), b"\r\n\r\n", on_close=listener.unlink))
     return endpoints
 
 
-def open_control_socket(master: Master, path: str) -> Endpoint | None:
+def open_control_socket(master: ServerView, selector: selectors.BaseSelector, path: str) -> Endpoint | None:
     """Bind ``path`` owner-only from the start; without it the server still serves, so only warn."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The umask applies at bind(): no moment where another user could connect.
@@ -89,23 +89,27 @@ def open_control_socket(master: Master, path: str) -> Endpoint | None:
     finally:
         os.umask(old_umask)
     inode = os.stat(path).st_ino
-    return Endpoint(sock, CONTROL_NAME, master.selector, partial(answer_control, master), b"\n",
+    return Endpoint(sock, CONTROL_NAME, selector, partial(answer_control, master), b"\n",
                     on_close=partial(unlink_if_ours, path, inode))
 
 
-def reclaim_control_socket(master: Master) -> None:
-    """After a failed binary upgrade: the new master took our path (and removed it as it died); bind it again."""
-    if master.pidfile is None:
-        return
-    for old in [e for e in master.endpoints if e.name == CONTROL_NAME]:
-        master.endpoints.remove(old)
-        old.close()
-    new = open_control_socket(master, control_path(master.pidfile.path))
-    if new is not None:
-        master.endpoints.append(new)
+def reclaim_control_socket(master: ServerView, endpoints: list[Endpoint], selector: selectors.BaseSelector,
+                           pidfile: str) -> list[Endpoint]:
+    """After a failed binary upgrade the new master took our path (and removed it as it died).
+
+    Returns ``endpoints`` with our control endpoint closed and replaced by one bound again
+    (or by none, if it could not be bound)."""
+    kept = []
+    for endpoint in endpoints:
+        if endpoint.name == CONTROL_NAME:
+            endpoint.close()
+        else:
+            kept.append(endpoint)
+    new = open_control_socket(master, selector, control_path(pidfile))
+    return kept if new is None else [*kept, new]
 
 
-def answer_control(master: Master, request: bytes) -> bytes:
+def answer_control(master: ServerView, request: bytes) -> bytes:
     command = request.decode("utf-8", "replace").strip() or "status"
     if command == "status":
         return json.dumps(status.snapshot(master)).encode() + b"\n"

@@ -5,6 +5,9 @@ Only the CLI turns these into exit statuses (see ``cli.py``); deeper code raises
 
 from __future__ import annotations
 
+import os
+import signal
+
 # Exit statuses of the ``prefork`` command (documented in the README).
 EXIT_OK = 0
 EXIT_BIND = 1  # address in use, permission denied, stale unix socket owned by a live server
@@ -19,6 +22,13 @@ WORKER_EXIT_OK = 0
 WORKER_EXIT_ERROR = 1  # unexpected error in the worker's own code
 WORKER_EXIT_BOOT = 3  # a hook or the boot sequence failed
 WORKER_EXIT_APP = 4  # the app could not be imported
+
+
+def describe_status(status: int) -> str:
+    """``exit status 3`` or ``killed by SIGKILL``, from a waitpid() status."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
 
 
 class PreforkError(Exception):

@@ -9,22 +9,21 @@ scraper needs: one GET, one answer, close.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 
 from . import status
-
-if TYPE_CHECKING:
-    from .master import Master
+from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT
+from .view import ServerView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 WORKER_STATES = ("booting", "idle", "busy", "stopping")
-RESTART_REASONS = (status.RESTART_DIED, status.RESTART_TIMEOUT, status.RESTART_MAX_REQUESTS, status.RESTART_MEMORY)
+RESTART_REASONS = (RESTART_DIED, RESTART_TIMEOUT, RESTART_MAX_REQUESTS, RESTART_MEMORY)
 
 
-def answer_http(master: Master, request: bytes) -> bytes:
+def answer_http(master: ServerView, request: bytes) -> bytes:
     """The whole HTTP/1.0-style answer to one request (the connection closes after it)."""
     line = request.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split()
@@ -46,7 +45,7 @@ def response(status_line: str, body: str, *, content_type: str = "text/plain; ch
     return headers.encode() + (b"" if head else payload)
 
 
-def exposition(master: Master) -> str:
+def exposition(master: ServerView) -> str:
     """Every metric, as Prometheus text."""
     report = status.snapshot(master)
     m, stats, workers = report["master"], report["stats"], report["workers"]

@@ -1,7 +1,7 @@
 """The adaptive pool (``--min-workers A --max-workers B``): Apache prefork's spare-server idea.
 
 Once a second the master reads the scoreboard and sets its target worker
-count, :attr:`Master.num_workers`; spawning and retiring then happen exactly as
+count (:meth:`Pool.adjust` returns it); spawning and retiring then happen exactly as
 after TTIN/TTOU. Idle capacity is counted in threads (a worker with
 ``--threads N`` that serves two connections has N - 2 idle), and workers still
 booting count as capacity on its way, so a slow boot does not make the pool
@@ -20,13 +20,9 @@ No worker is asked anything: the decision reads only the shared slots.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from .scoreboard import BUSY
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .master import Master
+from .view import ServerView, busy_threads, newest_settings
 
 log = logging.getLogger("prefork")
 
@@ -56,11 +52,12 @@ class Pool:
         """When the master should wake for the next look (None: the pool is off)."""
         return self.next_check if self.enabled(settings) else None
 
-    def adjust(self, master: Master, now: float) -> None:
-        """Set ``master.num_workers``: the pool's size, resized from the scoreboard once per CHECK_INTERVAL."""
-        settings = master.pending_settings or master.settings
+    def adjust(self, master: ServerView, now: float) -> int | None:
+        """The worker count the master should keep: the pool's size, resized from the scoreboard once per
+        CHECK_INTERVAL. None when the pool is off (or the server stopping): the count is not the pool's."""
+        settings = newest_settings(master)
         if not self.enabled(settings) or master.stopping:
-            return
+            return None
         low, high = bounds(settings)
         if self.size is None:
             log.info("adaptive pool: %d to %d workers, %d spare", low, high, settings.spare)
@@ -70,9 +67,9 @@ class Pool:
         if master.pending is None and now >= self.next_check:
             self.next_check = now + CHECK_INTERVAL
             self.size = self.resize(master, self.size, low, high, now)
-        master.num_workers = self.size
+        return self.size
 
-    def resize(self, master: Master, target: int, low: int, high: int, now: float) -> int:
+    def resize(self, master: ServerView, target: int, low: int, high: int, now: float) -> int:
         settings = master.settings
         idle, coming, live = idle_capacity(master)
         coming += max(0, target - live) * settings.threads  # wanted, not forked yet
@@ -101,7 +98,7 @@ def bounds(settings: Settings) -> tuple[int, int]:
     return settings.min_workers, max(settings.min_workers, settings.max_workers)
 
 
-def idle_capacity(master: Master) -> tuple[int, int, int]:
+def idle_capacity(master: ServerView) -> tuple[int, int, int]:
     """In the serving generation: (idle threads of booted workers, threads still booting, workers)."""
     idle = coming = live = 0
     for worker in master.workers.values():
@@ -113,6 +110,5 @@ def idle_capacity(master: Master) -> tuple[int, int, int]:
             continue
         slot = master.scoreboard.slots[worker.slot]
         threads = max(1, slot.threads)
-        busy = slot.busy_threads if slot.threads else int(slot.state == BUSY)
-        idle += threads - busy
+        idle += threads - busy_threads(slot)
     return idle, coming, live

@@ -9,53 +9,18 @@ memory for it. The ``prefork status`` client adds those from psutil
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 
 from .scoreboard import BUSY, STATE_NAMES, Slot
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .master import Master, WorkerProcess
-
-# Why the master replaced a worker (the keys of Stats.restarts and of the restarts metric).
-RESTART_DIED = "died"  # exited or was killed while it should have been serving
-RESTART_TIMEOUT = "timeout"  # stuck on one connection longer than --timeout
-RESTART_MAX_REQUESTS = "max_requests"
-RESTART_MEMORY = "memory"
-
-
-@dataclass
-class Stats:
-    """Counters the master keeps for status and metrics (since it started; never reset)."""
-
-    started: float = field(default_factory=time.time)
-    restarts: Counter[str] = field(default_factory=Counter)
-    reloads: int = 0  # generations committed
-    reload_failures: int = 0  # reloads refused or abandoned
-    last_reload_error: str = ""
-    boot_failures: int = 0  # workers that exited before booting
-    retired_requests: int = 0  # connections served by workers that have since exited
-
-    def restart(self, reason: str) -> None:
-        self.restarts[reason] += 1
-
-    def reload_failed(self, why: str) -> None:
-        self.reload_failures += 1
-        self.last_reload_error = why
-
-    def worker_gone(self, slot: Slot) -> None:
-        """Keep the connections a reaped worker served, so totals never go down."""
-        self.retired_requests += slot.requests
-
+from .view import ServerView, WorkerProcess, busy_threads, connections_served
 
 # --- in the master: the snapshot ---
 
 
-def snapshot(master: Master) -> dict[str, Any]:
+def snapshot(master: ServerView) -> dict[str, Any]:
     """The server as the master sees it now, for the control socket and metrics."""
     settings = master.settings
     now = time.monotonic()
@@ -69,15 +34,15 @@ def snapshot(master: Master) -> dict[str, Any]:
             "generation": master.generation,
             "pending_generation": master.pending,
             "started": master.stats.started,
-            "listeners": [listener.name for listener in master.listeners.shared],
+            "listeners": list(master.listener_names),
             "target_workers": master.num_workers,
             "threads": settings.threads,
-            "stopping": master.stopping or None,
+            "stopping": master.stopping.label if master.stopping else None,
             "graceful_timeout": settings.graceful_timeout,
             "pool": pool_report(settings),
         },
         "stats": {
-            "connections": master.stats.retired_requests + sum(r["requests"] for r in reports),
+            "connections": connections_served(master),
             "restarts": dict(master.stats.restarts),
             "reloads": master.stats.reloads,
             "reload_failures": master.stats.reload_failures,
@@ -98,8 +63,8 @@ def pool_report(settings: Settings) -> dict[str, Any] | None:
 
 def worker_report(worker: WorkerProcess, slot: Slot, now: float) -> dict[str, Any]:
     threads = max(1, slot.threads)
-    busy_threads = slot.busy_threads if slot.threads else int(slot.state == BUSY)
-    busy = slot.state == BUSY or busy_threads > 0
+    busy_count = busy_threads(slot)
+    busy = slot.state == BUSY or busy_count > 0
     state = STATE_NAMES.get(slot.state, "unknown")
     if worker.stopping:
         state = "stopping"
@@ -118,7 +83,7 @@ def worker_report(worker: WorkerProcess, slot: Slot, now: float) -> dict[str, An
         "busy_for": max(0.0, now - slot.busy_since) if busy else None,
         "peer": slot.peer_text if busy else None,
         "threads": threads,
-        "busy_threads": busy_threads,
+        "busy_threads": busy_count,
     }
 
 

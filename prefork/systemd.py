@@ -49,10 +49,8 @@ import os
 import socket
 import time
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .master import Master
+from .view import ServerView, connections_served, generation_booted, serving
 
 log = logging.getLogger("prefork")
 
@@ -106,20 +104,20 @@ class Notifier:
 
     # --- the master's events ---
 
-    def report(self, master: Master) -> None:
+    def report(self, master: ServerView) -> None:
         """After every wake-up: READY once the first generation serves, the watchdog, STATUS changes."""
         if not self.enabled:
             return
         self.ping_watchdog()
         if (not self.ready_sent and not master.stopping and master.pending is None
-                and master.generation_booted(master.generation)):
+                and generation_booted(master, master.generation)):
             self.ready(master)
         elif master.stopping:
             self.status(summary(master), drain_left(master))
         else:
             self.status(summary(master))
 
-    def ready(self, master: Master) -> None:
+    def ready(self, master: ServerView) -> None:
         """Serving: after the first boot, and when a reload commits.
 
         After a binary upgrade (``master.replaces`` still set: the old master is
@@ -132,7 +130,7 @@ class Notifier:
             self.ready_sent = True
         self.last_status = fields["STATUS"]
 
-    def reloading(self, master: Master) -> None:
+    def reloading(self, master: ServerView) -> None:
         """A reload starts; MONOTONIC_USEC lets systemd tell this reload from an earlier one."""
         self.note = ""
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -140,12 +138,12 @@ class Notifier:
         self.send({"RELOADING": "1", "MONOTONIC_USEC": str(now_usec), "STATUS": status})
         self.last_status = status
 
-    def reload_failed(self, master: Master, why: str) -> None:
+    def reload_failed(self, master: ServerView, why: str) -> None:
         """The reload is over, the old generation still serves: READY again, and STATUS says why."""
         self.note = f"last reload failed: {why}"
         self.ready(master)
 
-    def stopping(self, master: Master) -> None:
+    def stopping(self, master: ServerView) -> None:
         """Shutdown starts; ask for enough time to drain, whatever systemd's own stop timeout is."""
         status = summary(master)
         self.send({"STOPPING": "1", "STATUS": status, **extend_timeout(drain_left(master))})
@@ -200,15 +198,14 @@ class Notifier:
         return True
 
 
-def summary(master: Master) -> str:
+def summary(master: ServerView) -> str:
     """The line a person reads in ``systemctl status``: "8 workers, generation 3, 1234 connections served"."""
-    served = master.stats.retired_requests + sum(master.scoreboard.slots[w.slot].requests
-                                                 for w in master.workers.values())
+    served = connections_served(master)
     connections = f"{served} connection{'s' if served != 1 else ''} served"
     if master.stopping:
         left = len(master.workers)
-        return f"stopping ({master.stopping}): {left} worker{'s' if left != 1 else ''} finishing, {connections}"
-    up = sum(1 for w in master.workers.values() if w.generation == master.generation and w.booted and not w.stopping)
+        return f"stopping ({master.stopping.label}): {left} worker{'s' if left != 1 else ''} finishing, {connections}"
+    up = sum(1 for w in master.workers.values() if serving(w, master.generation))
     wanted = master.settings.workers if master.pending is not None else master.num_workers
     workers = f"{up} worker{'s' if up != 1 else ''}" if up >= wanted else f"{up} of {wanted} workers"
     text = f"{workers}, generation {master.generation}, {connections}"
@@ -219,7 +216,7 @@ def summary(master: Master) -> str:
     return text
 
 
-def drain_left(master: Master) -> float:
+def drain_left(master: ServerView) -> float:
     """Seconds until the last worker's kill deadline: how long a stop may still take."""
     now = time.monotonic()
     return max((w.kill_at - now for w in master.workers.values() if w.kill_at is not None), default=0.0)

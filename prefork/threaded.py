@@ -26,15 +26,13 @@ import os
 import select
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn
 
 from .importer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
-from .worker import TakeTurns, Worker
-
-if TYPE_CHECKING:
-    from .master import Master
+from .view import ServerView
+from .worker import TakeTurns, Worker, WorkerSpec
 
 
 def make_nonblocking(listeners: list[Listener]) -> None:
@@ -43,16 +41,21 @@ def make_nonblocking(listeners: list[Listener]) -> None:
         listener.sock.setblocking(False)
 
 
-def any_threaded(master: Master) -> bool:
+def any_threaded(master: ServerView) -> bool:
     """Whether a threaded worker still runs (a reload from --threads N to 1 must keep O_NONBLOCK)."""
     return any(master.scoreboard.slots[worker.slot].threads > 1 for worker in master.workers.values())
+
+
+def run_worker(spec: WorkerSpec) -> NoReturn:
+    """In the forked child: the worker ``spec`` describes, threaded or not, from boot to os._exit()."""
+    (ThreadedWorker if spec.settings.threads > 1 else Worker)(spec).run()
 
 
 class ThreadedWorker(Worker):
     """A worker whose ``--threads`` threads each accept and serve."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, spec: WorkerSpec) -> None:
+        super().__init__(spec)
         self.lock = threading.Lock()  # guards the slot's counters, written by every thread
         self.busy: dict[int, tuple[float, str]] = {}  # thread ident -> (busy since, peer)
         self.wake_r = self.wake_w = -1

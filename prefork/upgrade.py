@@ -13,11 +13,16 @@ master retires its workers gracefully and exits by itself.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import sys
 
+from .errors import describe_status
+from .pidfile import Pidfile
 from .sockets import SD_LISTEN_FDS_START, Listener
+
+log = logging.getLogger("prefork")
 
 UPGRADE_VAR = "_PREFORK_UPGRADE_FROM"
 # One 1 or 0 per listener: whether the new master may unlink it at exit (never a socket systemd made).
@@ -69,3 +74,64 @@ def inherited_ownership(environ: dict[str, str] | os._Environ[str], count: int) 
     """For each of ``count`` inherited listeners: ours to unlink at exit? Only if an old master made it."""
     flags = environ.pop(OWNED_VAR, "")
     return [flags[index : index + 1] == "1" for index in range(count)]
+
+
+# --- the old master's side ---
+
+
+class Upgrade:
+    """A binary upgrade seen from a master: the successor it started, or the master it replaces."""
+
+    def __init__(self) -> None:
+        self.new_master: int | None = None  # pid of the master a USR2 upgrade started
+        self.replaces: int | None = None  # pid of the master we were started to replace
+
+    @property
+    def under_way(self) -> bool:
+        """Another master serves on our sockets: the one we started, or the one we have not yet retired."""
+        return self.new_master is not None or self.replaces is not None
+
+    def start(self, listeners: list[Listener], extra_env: dict[str, str], pidfile: Pidfile | None,
+              blocked: tuple[int, ...]) -> bool:
+        """USR2: move the pid file aside and start the new master on ``listeners``; False if it could not start."""
+        if pidfile is not None:
+            pidfile.rename(pidfile.path + ".oldbin")
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            self.new_master = spawn_new_master(listeners, extra_env)
+        except OSError as exc:
+            log.error("upgrade failed: cannot start a new master: %s", exc.strerror)
+            self.failed(pidfile)
+            return False
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        log.info("upgrade: started new master (pid %d); serving until it is ready", self.new_master)
+        return True
+
+    def failed(self, pidfile: Pidfile | None, why: str = "") -> None:
+        """The new master died before it served: take the pid file back (the caller reclaims the control socket)."""
+        if why:
+            log.error("upgrade failed: new master %s; this master keeps serving", why)
+        self.new_master = None
+        if pidfile is not None and pidfile.path.endswith(".oldbin"):
+            pidfile.rename(pidfile.path[: -len(".oldbin")])
+
+    def new_master_exited(self, status: int, pidfile: Pidfile | None, retiring: bool) -> bool:
+        """The new master exited; True if it failed (before it served), and our control socket needs binding again."""
+        if retiring:
+            self.new_master = None  # we were retiring anyway
+            return False
+        self.failed(pidfile, f"exited before it was ready ({describe_status(status)})")
+        return True
+
+    def tell_replaced_master(self) -> None:
+        """After an upgrade, once our first generation serves, ask the old master to retire."""
+        if self.replaces is None:
+            return
+        log.info("upgrade: serving; asking the old master (pid %d) to retire", self.replaces)
+        try:
+            os.kill(self.replaces, signal.SIGWINCH)
+        except ProcessLookupError:
+            pass
+        self.replaces = None
+

@@ -16,14 +16,15 @@ import random
 import select
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import hooks, privileges, proctitle
+from . import events, hooks, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
+from .events import EVENT_BOOTED, EVENT_RETIRE
 from .importer import Handler, load_handler
 from .log import Log
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
@@ -31,12 +32,6 @@ from .settings import Settings
 from .sockets import Listener
 
 log = logging.getLogger("prefork")
-
-# Messages a worker writes to the master's event pipe: (pid, event). Eight bytes
-# is far below PIPE_BUF, so concurrent writers never interleave.
-EVENT = struct.Struct("=ii")
-EVENT_BOOTED = 1
-EVENT_RETIRE = 2  # served --max-requests: please start my replacement, then stop me
 
 # accept() errors that concern one connection or a passing shortage, not the listener.
 TRANSIENT_ACCEPT_ERRORS = {
@@ -71,41 +66,45 @@ def format_peer(addr: Any) -> str:
     return f"unix:{addr}" if addr else "unix"
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker is built from, decided by the master before it forks."""
+
+    settings: Settings  # its generation's
+    listeners: tuple[Listener, ...]  # the sockets it accepts on
+    scoreboard: Scoreboard
+    slot_number: int
+    index: int
+    generation: int
+    master_pid: int
+    events_fd: int  # the write end of the master's event pipe (events.py)
+    log: Log
+    handler: Handler | None  # --preload: the app the master loaded
+    close_fds: tuple[int, ...]  # the master's own descriptors, closed first thing
+    foreign: tuple[Listener, ...]  # listeners that are not ours (closed too)
+    server: Any = None  # what the hooks receive as ``server``
+
+
 class Worker:
     """One worker process, from just after fork() to os._exit()."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        listeners: list[Listener],
-        scoreboard: Scoreboard,
-        slot_number: int,
-        index: int,
-        generation: int,
-        master_pid: int,
-        events_fd: int,
-        log_: Log,
-        handler: Handler | None,
-        close_fds: list[int],
-        foreign: list[Listener],
-        server: Any = None,
-    ) -> None:
-        self.settings = settings
-        self.listeners = listeners
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        settings = self.settings = spec.settings
+        self.listeners = list(spec.listeners)
         # What wraps an accepted fd, per listener: read once, not per connection.
-        self.socket_kinds = {listener.fileno(): _socket_kind(listener.sock) for listener in listeners}
-        self.scoreboard = scoreboard
-        self.slot: Slot = scoreboard.slots[slot_number]
-        self.index = index
-        self.generation = generation
-        self.master_pid = master_pid
-        self.events_fd = events_fd
-        self.log = log_
-        self.handler = handler
-        self.close_fds = close_fds
-        self.foreign = foreign
-        self.server = server  # the master (our forked copy), for the post_fork hook
+        self.socket_kinds = {listener.fileno(): _socket_kind(listener.sock) for listener in self.listeners}
+        self.scoreboard = spec.scoreboard
+        self.slot: Slot = spec.scoreboard.slots[spec.slot_number]
+        self.index = spec.index
+        self.generation = spec.generation
+        self.master_pid = spec.master_pid
+        self.events_fd = spec.events_fd
+        self.log = spec.log
+        self.handler = spec.handler
+        self.close_fds = spec.close_fds
+        self.foreign = spec.foreign
+        self.server = spec.server  # what hooks read of the master (our forked copy), for post_fork
         # PROXY header, access rules, TLS, timeouts (connection.py); None: hand over as accepted.
         self.prepare: Prepare | None = None
         self.alive = True
@@ -437,10 +436,7 @@ class Worker:
         return []
 
     def tell_master(self, event: int) -> None:
-        try:
-            os.write(self.events_fd, EVENT.pack(os.getpid(), event))
-        except OSError:
-            pass  # the master is gone; the parent-death signal ends us
+        events.tell_master(self.events_fd, event)
 
     def reopen(self) -> None:
         self.log.reopen()

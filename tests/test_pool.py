@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,98 +12,137 @@ import pytest
 from conftest import Server, wait_for
 from control_helpers import prefork, snapshot, status_json
 
-from prefork.log import Log
-from prefork.master import Master, WorkerProcess
-from prefork.scoreboard import BUSY, IDLE
+from prefork.pool import Pool
+from prefork.scoreboard import BUSY, IDLE, Scoreboard
 from prefork.settings import Settings
+from prefork.stats import Stats
+from prefork.view import ServerView, Stop, WorkerProcess
 
-# --- the decisions, on a real Master that is never started (no fork, no signals) ---
+# --- the decisions, on a view of a server that is never started (no fork, no signals) ---
+
+
+@dataclass
+class View:
+    """What the pool reads of the master (view.ServerView), as plain data the test sets."""
+
+    settings: Settings
+    num_workers: int = 1
+    pid: int = 1
+    generation: int = 1
+    pending: int | None = None
+    pending_settings: Settings | None = None
+    workers: dict[int, WorkerProcess] = field(default_factory=dict)
+    scoreboard: Scoreboard = field(default_factory=lambda: Scoreboard(64))
+    stats: Stats = field(default_factory=Stats)
+    stopping: Stop | None = None
+    new_master: int | None = None
+    replaces: int | None = None
+    listener_names: Sequence[str] = ()
+
+
+class Master:
+    """The pool and the view, and the one thing the master does with the pool's answer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.view = View(settings)
+        self.pool = Pool()
+
+    def adjust(self, now: float) -> None:
+        view: ServerView = self.view
+        size = self.pool.adjust(view, now)
+        if size is not None:
+            self.view.num_workers = size
 
 
 @pytest.fixture
-def master() -> Iterator[Master]:
-    settings = Settings(app="testapps:pid", min_workers=1, max_workers=8, spare=1, idle_retire=5.0)
-    made = Master(settings, Log("warning", None), reload_settings=lambda: settings)
-    yield made
-    made.selector.close()
-    for fd in (made.wakeup_r, made.wakeup_w, made.events_r, made.events_w):
-        os.close(fd)
+def master() -> Master:
+    return Master(Settings(app="testapps:pid", min_workers=1, max_workers=8, spare=1, idle_retire=5.0))
 
 
 def add_worker(master: Master, state: int = IDLE, booted: bool = True, threads: int = 0, busy: int = 0) -> None:
     """A worker as the master records it, with its slot as the worker would have written it."""
-    index = len(master.workers)
-    number = master.scoreboard.allocate(0, index, master.generation)
+    view = master.view
+    index = len(view.workers)
+    number = view.scoreboard.allocate(0, index, view.generation)
     assert number is not None
-    slot = master.scoreboard.slots[number]
+    slot = view.scoreboard.slots[number]
     slot.pid, slot.state, slot.threads, slot.busy_threads = 10_000 + index, state, threads, busy
-    master.workers[slot.pid] = WorkerProcess(slot.pid, index, master.generation, number, 0.0, booted=booted)
+    view.workers[slot.pid] = WorkerProcess(slot.pid, index, view.generation, number, 0.0, booted=booted)
 
 
 def test_pool_starts_at_its_minimum(master: Master) -> None:
-    master.pool.adjust(master, 100.0)
-    assert master.num_workers == 1
+    master.adjust(100.0)
+    assert master.view.num_workers == 1
 
 
 def test_shortage_grows_the_pool_one_then_doubling_each_second(master: Master) -> None:
-    master.pool.adjust(master, 100.0)
+    master.adjust(100.0)
     grown = []
     for second in range(1, 5):
-        while len(master.workers) < master.num_workers:
+        while len(master.view.workers) < master.view.num_workers:
             add_worker(master, state=BUSY)  # every worker the pool adds is taken at once
-        master.pool.adjust(master, 100.0 + second)
-        grown.append(master.num_workers)
+        master.adjust(100.0 + second)
+        grown.append(master.view.num_workers)
     assert grown == [2, 4, 8, 8]  # +1, +2, +4, then --max-workers
 
 
 def test_checks_at_most_once_a_second(master: Master) -> None:
-    master.pool.adjust(master, 100.0)
+    master.adjust(100.0)
     add_worker(master, state=BUSY)
-    master.pool.adjust(master, 100.5)
-    assert master.num_workers == 1
-    master.pool.adjust(master, 101.0)
-    assert master.num_workers == 2
+    master.adjust(100.5)
+    assert master.view.num_workers == 1
+    master.adjust(101.0)
+    assert master.view.num_workers == 2
 
 
 def test_booting_workers_count_as_capacity_coming(master: Master) -> None:
-    master.pool.adjust(master, 100.0)
+    master.adjust(100.0)
     add_worker(master, state=BUSY)
     add_worker(master, booted=False)
     master.pool.size = 2  # as if the last look had grown it
-    master.pool.adjust(master, 101.0)
-    assert master.num_workers == 2
+    master.adjust(101.0)
+    assert master.view.num_workers == 2
 
 
 def test_surplus_retires_one_a_second_after_idle_retire(master: Master) -> None:
-    master.pool.adjust(master, 100.0)
+    master.adjust(100.0)
     for _ in range(4):
         add_worker(master)
     master.pool.size = 4  # grown by an earlier burst
     seen = []
+    workers = master.view.workers
     for second in range(1, 9):
-        master.pool.adjust(master, 100.0 + second)
-        seen.append(master.num_workers)
-        for worker in [w for w in master.workers.values() if w.index >= master.num_workers]:
-            del master.workers[worker.pid]  # retired
+        master.adjust(100.0 + second)
+        seen.append(master.view.num_workers)
+        for worker in [w for w in workers.values() if w.index >= master.view.num_workers]:
+            del workers[worker.pid]  # retired
     # Surplus seen at 101; 5 s later (106) one goes, then one a second, down to the minimum.
     assert seen == [4, 4, 4, 4, 4, 3, 2, 1]
 
 
 def test_a_reload_boots_the_new_generation_at_the_pool_size(master: Master) -> None:
-    master.pool.adjust(master, 100.0)
+    master.adjust(100.0)
     master.pool.size = 5
-    master.pending, master.pending_settings = 2, master.settings  # what apply_reload sets...
-    master.num_workers = master.settings.workers  # ...with --workers for the count
-    master.pool.adjust(master, 101.0)
-    assert master.num_workers == 5
+    view = master.view
+    view.pending, view.pending_settings = 2, view.settings  # what a reload sets...
+    view.num_workers = view.settings.workers  # ...with --workers for the count
+    master.adjust(101.0)
+    assert view.num_workers == 5
 
 
 def test_idle_capacity_is_counted_in_threads(master: Master) -> None:
-    master.settings = Settings(app="testapps:pid", min_workers=1, max_workers=8, spare=1, threads=4)
-    master.pool.adjust(master, 100.0)
+    master.view.settings = Settings(app="testapps:pid", min_workers=1, max_workers=8, spare=1, threads=4)
+    master.adjust(100.0)
     add_worker(master, state=BUSY, threads=4, busy=3)  # 1 idle thread < 4 (one spare worker)
-    master.pool.adjust(master, 101.0)
-    assert master.num_workers == 2
+    master.adjust(101.0)
+    assert master.view.num_workers == 2
+
+
+def test_a_stopping_server_is_not_resized(master: Master) -> None:
+    master.adjust(100.0)
+    master.view.stopping = Stop.GRACEFUL
+    master.view.num_workers = 3
+    assert master.pool.adjust(master.view, 101.0) is None  # the count is not the pool's to decide
 
 
 # --- the real server ---

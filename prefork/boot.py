@@ -1,0 +1,62 @@
+"""The boot policy: how long to wait before forking again after a worker failed to boot, and when to give up.
+
+Workers that exit before they booted are retried with an exponential back-off
+(0.1 s doubling up to 5 s). Before any worker ever booted the server gives up:
+at once when a worker could not import the app (exit status EXIT_APP), after
+MAX_BOOT_FAILURES in a row otherwise (EXIT_BOOT). Once one has booted, the
+server never gives up: it keeps serving with what it has and retries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .errors import WORKER_EXIT_APP, AppImportError, BootError, PreforkError
+
+MAX_BOOT_FAILURES = 5  # in a row, before any worker ever booted: give up with EXIT_BOOT
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+FORK_RETRY = 1.0  # seconds to wait after fork() itself failed
+
+
+class BootPolicy:
+    """Boot failures in a row, and the earliest moment the master may fork again."""
+
+    def __init__(self) -> None:
+        self.ever_booted = False
+        self.failures = 0
+        self.spawn_not_before = 0.0
+
+    def may_spawn(self, now: float) -> bool:
+        return now >= self.spawn_not_before
+
+    def deadline(self, now: float) -> float | None:
+        """When the back-off ends, if it has not yet (for the master's selector)."""
+        return self.spawn_not_before if self.spawn_not_before > now else None
+
+    def booted(self) -> None:
+        self.ever_booted = True
+        self.failures = 0
+
+    def reset(self) -> None:
+        """A reload starts afresh: its generation gets the whole back-off again."""
+        self.failures = 0
+        self.spawn_not_before = 0.0
+
+    def fork_failed(self) -> None:
+        self.spawn_not_before = time.monotonic() + FORK_RETRY
+
+    def count_failure(self) -> None:
+        """A worker exited before it booted (whatever the master does about it)."""
+        self.failures += 1
+
+    def decide(self, status: int, why: str, app: str) -> PreforkError | float:
+        """After :meth:`count_failure`: the error to halt with, or the seconds to wait before the next fork."""
+        if not self.ever_booted:
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_EXIT_APP:
+                return AppImportError(f"workers could not import the app {app!r}")
+            if self.failures >= MAX_BOOT_FAILURES:
+                return BootError(f"workers failed to boot {self.failures} times in a row (last: {why}); giving up")
+        delay: float = min(BACKOFF_START * 2.0 ** (self.failures - 1), BACKOFF_MAX)
+        self.spawn_not_before = time.monotonic() + delay
+        return delay

@@ -1,0 +1,131 @@
+"""Reload generations (HUP): a trial generation with the new settings, then commit or abandon.
+
+A HUP reads the settings again (:func:`read_new_settings`: a ConfigError refuses
+the reload and nothing changes). The new generation then boots beside the one
+serving, on trial (:meth:`Generations.begin`). Once every one of its workers has
+booted it serves and the old one is retired gracefully (:meth:`Generations.commit`);
+if one of its workers exits during boot, or a newer HUP supersedes it, it is
+stopped and the serving generation goes on as if nothing happened
+(:meth:`Generations.abandon`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from . import hooks, privileges
+from .errors import ConfigError
+from .listeners import Listeners
+from .log import Log
+from .settings import Settings, start_only_changes
+from .stats import Stats
+from .systemd import Notifier
+from .view import ServerView
+from .worker_table import WorkerTable
+
+log = logging.getLogger("prefork")
+
+
+class Generations:
+    """The serving generation and its settings, and the generation on trial during a reload."""
+
+    def __init__(self, settings: Settings, listeners: Listeners, table: WorkerTable, stats: Stats,
+                 notifier: Notifier) -> None:
+        self.settings = settings
+        self.generation = 1
+        self.pending: int | None = None
+        self.pending_settings: Settings | None = None
+        self.listeners, self.table, self.stats, self.notifier = listeners, table, stats, notifier
+
+    def target(self) -> int:
+        """The generation new workers are forked for."""
+        return self.pending if self.pending is not None else self.generation
+
+    def read(self, view: ServerView, reload_settings: Callable[[], Settings], log_: Log,
+             preloaded: bool) -> Settings | None:
+        """The settings a HUP asks for, or None if they are refused (logged, reported): nothing changes."""
+        try:
+            return read_new_settings(reload_settings, self.settings, log_, preloaded)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.refused(view, str(exc))
+            return None
+
+    def begin(self, view: ServerView, new: Settings) -> Settings | None:
+        """Put a generation with ``new`` on trial; its settings (binds completed), or None if refused."""
+        if self.pending is not None:
+            self.abandon("superseded by a newer reload", failed=False)
+        try:
+            new = self.listeners.open_added(new)
+        except Exception as exc:  # BindError and friends: keep serving as we were
+            log.error("reload refused: %s", exc)
+            self.refused(view, str(exc))
+            return None
+        self.pending = self.generation + 1 if self.pending is None else self.pending + 1
+        self.pending_settings = new
+        log.info("reloading: starting generation %d (%d workers)", self.pending, new.workers)
+        return new
+
+    def refused(self, view: ServerView, why: str) -> None:
+        self.notifier.reload_failed(view, why)
+        self.stats.reload_failed(why)
+
+    def commit(self, view: ServerView) -> None:
+        """The generation on trial has booted: it serves, and the one before retires gracefully."""
+        assert self.pending is not None and self.pending_settings is not None
+        old = self.generation
+        self.generation, self.settings = self.pending, self.pending_settings
+        self.pending, self.pending_settings = None, None
+        self.listeners.close_unlisted(self.settings, say=True)
+        self.stats.reloads += 1
+        retiring = self.table.retire_other_generations(self.generation, self.settings.graceful_timeout)
+        log.info("reload done: generation %d serving, retiring %d workers of generation %d",
+                 self.generation, retiring, old)
+        self.notifier.ready(view)
+
+    def abandon(self, why: str, failed: bool = True) -> None:
+        """Give up the generation on trial; the serving one goes on as if nothing happened."""
+        if failed:
+            log.error("reload failed: %s; generation %d keeps serving", why, self.generation)
+            self.stats.reload_failed(why)
+        else:
+            log.info("generation %d %s", self.pending, why)
+        if self.pending is not None:
+            # Gracefully: its booted workers already accept, and may be serving someone.
+            self.table.stop_generation(self.pending, self.settings.graceful_timeout)
+        if self.pending_settings is not None:
+            self.listeners.close_unlisted(self.settings, say=False)
+        self.pending, self.pending_settings = None, None
+
+
+def read_new_settings(reload_settings: Callable[[], Settings], current: Settings, log_: Log,
+                      preloaded: bool) -> Settings:
+    """The settings a HUP asks for, checked, with the log switched to them; ConfigError refuses the reload."""
+    new = reload_settings()
+    hooks.import_hooks(new)
+    switch_log(log_, new)
+    if preloaded:
+        log.warning("--preload: new workers reuse the app loaded at start (%s); "
+                    "only a binary upgrade (USR2) loads new app code", current.app)
+    unchanged = start_only_changes(current, new)
+    if unchanged:
+        log.warning("reload: %s only take effect when the master starts (USR2 or restart)", ", ".join(unchanged))
+    return new
+
+
+def switch_log(log_: Log, new: Settings) -> None:
+    """HUP: reopen the log file, or move to the one the new settings name (ConfigError if it cannot open)."""
+    try:
+        log_.use(new.log_file)
+    except OSError as exc:
+        raise ConfigError(f"log_file: cannot open {new.log_file!r}: {exc.strerror}") from None
+    give_log_to_workers(new)
+
+
+def give_log_to_workers(settings: Settings) -> None:
+    """A new log file is created as the master's user: let --user workers reopen it too."""
+    try:
+        privileges.give_to(privileges.resolve(settings.user, settings.group), [settings.log_file])
+    except ConfigError as exc:
+        log.error("%s; workers running as %s may not reopen it", exc, settings.user)

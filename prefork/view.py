@@ -1,0 +1,128 @@
+"""What the master's helpers may read of it: a read-only view, its records, and the facts derived from them.
+
+status, metrics, systemd, pool, control and threaded never see the ``Master``:
+they take a :class:`ServerView` (which the master satisfies) and return what
+they decide. Each fact derived from the view has one home here, so that
+"connections served" or "every worker of generation G booted" means the same
+thing in ``prefork status``, the metrics and systemd's STATUS line.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from .scoreboard import BUSY, Scoreboard, Slot
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .stats import Stats
+
+FAST_STOP_GRACE = 0.5  # seconds between QUIT and SIGKILL
+
+
+class Stop(Enum):
+    """How a worker (or the whole server) is being stopped: the signal sent, and how long it may take."""
+
+    GRACEFUL = ("graceful", signal.SIGTERM, None)  # None: the settings' --graceful-timeout
+    FAST = ("fast", signal.SIGQUIT, FAST_STOP_GRACE)
+    KILL = ("kill", signal.SIGKILL, 0.0)
+
+    def __init__(self, label: str, sig: signal.Signals, grace: float | None) -> None:
+        self.label = label
+        self.signal = sig
+        self.fixed_grace = grace
+
+    def grace(self, graceful_timeout: float) -> float:
+        """Seconds between the signal and SIGKILL."""
+        return graceful_timeout if self.fixed_grace is None else self.fixed_grace
+
+
+@dataclass
+class WorkerProcess:
+    """The master's record of one worker it forked."""
+
+    pid: int
+    index: int
+    generation: int
+    slot: int
+    started: float  # time.monotonic()
+    booted: bool = False
+    stopping: Stop | None = None
+    kill_at: float | None = None
+    replace: bool = False  # retire once a replacement for this index has booted
+    exit_status: int | None = None  # the raw waitpid() status once reaped (for the worker_exit hook)
+
+    def describe(self) -> str:
+        return f"worker {self.index} gen {self.generation} (pid {self.pid})"
+
+
+class ServerView(Protocol):
+    """The master as its helpers read it. Read-only: a helper returns its decision instead of writing."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def settings(self) -> Settings: ...  # the serving generation's
+    @property
+    def generation(self) -> int: ...  # the serving generation
+    @property
+    def pending(self) -> int | None: ...  # the generation on trial during a reload
+    @property
+    def pending_settings(self) -> Settings | None: ...
+    @property
+    def num_workers(self) -> int: ...  # the target worker count
+    @property
+    def workers(self) -> Mapping[int, WorkerProcess]: ...  # pid -> record
+    @property
+    def scoreboard(self) -> Scoreboard: ...
+    @property
+    def stats(self) -> Stats: ...
+    @property
+    def stopping(self) -> Stop | None: ...
+    @property
+    def new_master(self) -> int | None: ...  # the master a USR2 upgrade started
+    @property
+    def replaces(self) -> int | None: ...  # the master we were started to replace
+    @property
+    def listener_names(self) -> Sequence[str]: ...
+
+
+# --- the derived facts, one home each ---
+
+
+def busy_threads(slot: Slot) -> int:
+    """Threads of one worker serving a connection (a single-threaded worker: 0 or 1)."""
+    return int(slot.busy_threads) if slot.threads else int(slot.state == BUSY)
+
+
+def connections_served(view: ServerView) -> int:
+    """Connections served since the master started, by live workers and by those since reaped."""
+    slots = view.scoreboard.slots
+    return view.stats.retired_requests + sum(int(slots[w.slot].requests) for w in view.workers.values())
+
+
+def serving(worker: WorkerProcess, generation: int) -> bool:
+    """Booted, of ``generation``, and not stopping."""
+    return worker.generation == generation and worker.booted and worker.stopping is None
+
+
+def generation_booted(view: ServerView, generation: int) -> bool:
+    """Whether every worker index of ``generation`` has a booted worker that is not stopping."""
+    booted = {w.index for w in view.workers.values() if serving(w, generation)}
+    return all(index in booted for index in range(view.num_workers))
+
+
+def settings_for(view: ServerView, generation: int) -> Settings:
+    """The settings in force for ``generation``: the trial generation's during a reload, else the serving ones."""
+    if generation == view.pending and view.pending_settings is not None:
+        return view.pending_settings
+    return view.settings
+
+
+def newest_settings(view: ServerView) -> Settings:
+    """The settings of the generation being worked towards (the one on trial, if any)."""
+    return view.pending_settings or view.settings

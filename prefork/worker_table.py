@@ -1,0 +1,264 @@
+"""The worker table: the master's record of every worker it forked, and what it does to them.
+
+Forking, reaping, stopping (a :class:`~prefork.view.Stop` carries the signal
+and the grace before SIGKILL), killing the overdue, and the two checks that
+replace a worker without being asked: ``--timeout`` (stuck on a connection, or
+never finishing its boot) and ``--max-worker-memory`` (recycled once its
+replacement has booted). The master decides *when*; this module knows *how*.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+from .errors import describe_status
+from .scoreboard import BUSY, Scoreboard
+from .stats import RESTART_DIED, RESTART_MEMORY, RESTART_TIMEOUT, Stats
+from .view import Stop, WorkerProcess
+
+log = logging.getLogger("prefork")
+
+STUCK_KILL_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL
+MEMORY_CHECK_INTERVAL = 5.0
+
+
+class WorkerTable:
+    """pid -> :class:`WorkerProcess` for every worker not yet reaped, with their scoreboard slots."""
+
+    def __init__(self, scoreboard: Scoreboard, stats: Stats) -> None:
+        self.scoreboard = scoreboard
+        self.stats = stats
+        self.workers: dict[int, WorkerProcess] = {}
+        self.next_memory_check = 0.0
+
+    # --- fork and reap ---
+
+    def new_record(self, index: int, generation: int) -> WorkerProcess | None:
+        """A record (and a scoreboard slot) for a worker about to be forked; None when the scoreboard is full."""
+        slot = self.scoreboard.allocate(0, index, generation)
+        if slot is None:
+            log.error("scoreboard full (%d slots): not starting worker %d", self.scoreboard.capacity, index)
+            return None
+        return WorkerProcess(0, index, generation, slot, time.monotonic())
+
+    def fork(self, record: WorkerProcess, child: Callable[[], object], blocked: tuple[int, ...],
+             freeze: bool) -> None:
+        """Fork a worker that runs ``child`` (and never returns); OSError if fork failed (slot released).
+
+        ``blocked``: the master's signals, blocked across fork so that the child never runs
+        the master's handlers (nor writes to its wake-up pipe) before installing its own.
+        """
+        if freeze:
+            # --preload: move everything the app allocated out of the collector's reach, so that a
+            # collection in a worker does not write to (and so copy) the pages it shares.
+            gc.freeze()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self.scoreboard.release(record.slot)
+            raise
+        if pid == 0:
+            try:
+                child()
+            finally:
+                os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.scoreboard.slots[record.slot].pid = pid
+        record.pid, record.started = pid, time.monotonic()
+        self.workers[pid] = record
+        log.debug("spawned worker %d gen %d (pid %d)", record.index, record.generation, pid)
+
+    def reap(self) -> Iterator[tuple[int, int, WorkerProcess | None]]:
+        """Every child that exited: (pid, waitpid status, its record, or None if not a worker).
+
+        A worker's record is out of the table, its slot released, before it is yielded."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self.stats.worker_gone(self.scoreboard.slots[worker.slot])
+                self.scoreboard.release(worker.slot)
+                worker.exit_status = status
+                self.log_exit(worker, status)
+            yield pid, status, worker
+
+    def log_exit(self, worker: WorkerProcess, status: int) -> None:
+        """Say how a worker left; one that died while serving counts as a restart (a boot failure is the
+        caller's: see boot.py)."""
+        if worker.stopping is not None:
+            log.info("%s exited (%s)", worker.describe(), describe_status(status))
+        elif worker.booted:
+            log.warning("%s died (%s); replacing it", worker.describe(), describe_status(status))
+            self.stats.restart(RESTART_DIED)
+
+    def missing(self, generation: int, count: int) -> list[int]:
+        """Worker indexes of ``generation`` below ``count`` that have no worker (nor one booting)."""
+        have = {w.index for w in self.workers.values()
+                if w.generation == generation and w.stopping is None and not w.replace}
+        return [index for index in range(count) if index not in have]
+
+    def indexes(self) -> set[int]:
+        return {w.index for w in self.workers.values()}
+
+    # --- stop ---
+
+    def stop(self, worker: WorkerProcess, how: Stop, graceful_timeout: float) -> None:
+        """Ask a worker to stop: graceful (TERM), fast (QUIT) or kill (SIGKILL), with its deadline."""
+        worker.stopping = how
+        deadline = time.monotonic() + how.grace(graceful_timeout)
+        worker.kill_at = deadline if worker.kill_at is None else min(worker.kill_at, deadline)
+        try:
+            os.kill(worker.pid, how.signal)
+        except ProcessLookupError:
+            pass  # already dead; the next reap collects it
+
+    def stop_all(self, how: Stop, graceful_timeout: float) -> None:
+        """Every worker (a fast stop overtakes a graceful one; a kill is never softened)."""
+        for worker in self.workers.values():
+            if worker.stopping is not Stop.KILL and (worker.stopping is not how or how is Stop.FAST):
+                self.stop(worker, how, graceful_timeout)
+
+    def stop_generation(self, generation: int, graceful_timeout: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.generation == generation and worker.stopping is None:
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+
+    def retire_other_generations(self, generation: int, graceful_timeout: float) -> int:
+        """Gracefully stop every worker not of ``generation``; how many were asked."""
+        retiring = [w for w in self.workers.values() if w.generation != generation and w.stopping is None]
+        for worker in retiring:
+            self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+        return len(retiring)
+
+    def retire_surplus(self, count: int, graceful_timeout: float) -> None:
+        """After TTOU (or a smaller reload), stop the workers numbered ``count`` and above, gracefully."""
+        for worker in list(self.workers.values()):
+            if worker.index >= count and worker.stopping is None:
+                log.info("retiring %s (fewer workers wanted)", worker.describe())
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+
+    def retire_replaced(self, graceful_timeout: float) -> None:
+        """Stop workers marked for replacement once their successor has booted."""
+        for worker in list(self.workers.values()):
+            if not worker.replace or worker.stopping is not None:
+                continue
+            if any(w.index == worker.index and w.generation == worker.generation and w.booted
+                   and not w.replace and w.stopping is None for w in self.workers.values()):
+                log.info("replacement for %s booted; retiring it", worker.describe())
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+
+    def kill_overdue(self, graceful_timeout: float) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.kill_at is not None and now >= worker.kill_at:
+                if worker.stopping is Stop.GRACEFUL:
+                    log.warning("%s still busy after %gs; killing it", worker.describe(), graceful_timeout)
+                worker.kill_at = now + 1.0  # retry if SIGKILL is somehow not reaped yet
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def signal_all(self, sig: int) -> None:
+        for worker in self.workers.values():
+            try:
+                os.kill(worker.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # --- --timeout and --max-worker-memory ---
+
+    def check(self, timeout: float, memory_limit_mb: int) -> None:
+        """Kill stuck workers and workers that never finish booting; recycle memory hogs."""
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if worker.stopping is Stop.KILL:
+                continue
+            slot = self.scoreboard.slots[worker.slot]
+            if timeout and slot.state == BUSY and now - slot.busy_since > timeout:
+                log.error("%s stuck for %.1fs on connection from %s; dumping its stack and killing it",
+                          worker.describe(), now - slot.busy_since, slot.peer_text)
+                self.stats.restart(RESTART_TIMEOUT)
+                self.abort(worker)
+            elif timeout and not worker.booted and now - worker.started > timeout:
+                log.error("%s did not boot within %gs; killing it", worker.describe(), timeout)
+                self.abort(worker)
+        if memory_limit_mb and now >= self.next_memory_check:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+            self.check_memory(memory_limit_mb)
+
+    def abort(self, worker: WorkerProcess) -> None:
+        """SIGABRT first: the worker's faulthandler logs where it is stuck. SIGKILL follows."""
+        worker.stopping = Stop.KILL
+        worker.kill_at = time.monotonic() + STUCK_KILL_GRACE
+        try:
+            os.kill(worker.pid, signal.SIGABRT)
+        except ProcessLookupError:
+            pass
+
+    def check_memory(self, limit_mb: int) -> None:
+        limit = limit_mb * 1024 * 1024
+        for worker in list(self.workers.values()):
+            if worker.stopping is not None or worker.replace or not worker.booted:
+                continue
+            used = worker_memory(worker.pid)
+            if used > limit:
+                log.warning("%s uses %.1f MB (limit %d MB); recycling it", worker.describe(), used / 2**20, limit_mb)
+                worker.replace = True
+                self.stats.restart(RESTART_MEMORY)
+
+    # --- deadlines for the master's selector ---
+
+    def deadlines(self, now: float, timeout: float, memory_limit_mb: int) -> list[float]:
+        """When the table next needs the master awake: kill deadlines, --timeout, the memory check."""
+        deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
+        if self.workers and timeout:
+            deadlines.append(self.next_stuck_check(now, timeout))
+        if self.workers and memory_limit_mb:
+            deadlines.append(self.next_memory_check)
+        return deadlines
+
+    def next_stuck_check(self, now: float, timeout: float) -> float:
+        """When a worker could next have overrun --timeout.
+
+        A busy worker overruns at busy_since + timeout; one that is idle now cannot
+        overrun before now + timeout. So an idle server wakes once per --timeout
+        instead of every second, and a stuck worker is still caught on time.
+        """
+        deadline = now + timeout
+        for worker in self.workers.values():
+            slot = self.scoreboard.slots[worker.slot]
+            if worker.stopping is Stop.KILL:
+                continue
+            if not worker.booted:
+                deadline = min(deadline, worker.started + timeout)
+            elif slot.state == BUSY:
+                deadline = min(deadline, slot.busy_since + timeout)
+        return deadline + 0.01  # just past it, so the check sees the overrun
+
+
+def worker_memory(pid: int) -> int:
+    """Unique set size where the kernel gives it, else RSS; 0 if the process is gone."""
+    import psutil  # only with --max-worker-memory: the master does not load it otherwise
+
+    try:
+        process = psutil.Process(pid)
+        try:
+            return int(process.memory_full_info().uss)
+        except psutil.AccessDenied:
+            return int(process.memory_info().rss)
+    except psutil.NoSuchProcess:
+        return 0
+
