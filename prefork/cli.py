@@ -15,8 +15,9 @@ import click
 from . import __version__, daemon, hooks, privileges
 from . import settings as settings_mod
 from .errors import EXIT_USAGE, ConfigError, PreforkError
-from .importer import Handler, add_to_path, load_handler
+from .importer import add_to_path, load_handler
 from .log import Log
+from .peer import Handler
 from .settings import Settings
 from .upgrade import UPGRADE_VAR
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import tls
 from .access import AccessRules, ClientIP, client_ip, compile_rules, count_busy_from, in_any, peer_prefix
+from .peer import format_peer
 from .proxy_protocol import NoHeader, ProxyProtocolError, read_header
 from .scoreboard import Scoreboard, Slot
 from .settings import Settings
@@ -88,8 +89,6 @@ class Preparer:
         # The PROXY and TLS steps leave a timeout on the socket; plain blocking sockets need no call.
         self.sets_timeout = bool(self.idle_timeout or settings.proxy_protocol or self.context)
         self.refusals = RateLimitedLog()
-        from .worker import format_peer  # late: the worker module imports this one
-
         self.format_peer = format_peer
 
     def __call__(self, conn: socket.socket, addr: Any) -> tuple[socket.socket, Any]:

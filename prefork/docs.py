@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import errors
+from . import errors, hooks
 from .settings import ENV_PREFIX, Meta, declared, default_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,14 +103,17 @@ logged and the server keeps the configuration it has.
 """
 
 SETTINGS_NOTES = """\
-**Hooks** name `module:function` callables. `server` is the master (`Master`); a
-master-side `worker` is the master's record of that worker (`pid`, `index`,
-`generation`), the `post_fork` one is the worker's own `Worker` object. Hook modules
-are imported in the master at start and checked again on HUP (a hook that cannot be
-imported is a configuration error; a module already imported is not re-read). Master
-hooks run inside its loop: keep them quick. An exception in a hook is logged and the
-server carries on, except in `post_fork`, where it fails that worker's boot (exit
-status 3). `post_fork` runs before the worker drops privileges, as in gunicorn.
+**Hooks** name `module:function` callables. Hook modules are imported in the master
+at start and checked again on HUP (a hook that cannot be imported is a configuration
+error; a module already imported is not re-read). Master hooks run inside its loop:
+keep them quick. An exception in a hook is logged and the server carries on, except
+in `post_fork`, where it fails that worker's boot (exit status 3). `post_fork` runs
+before the worker drops privileges, as in gunicorn.
+
+What a hook may read is exactly this (read-only; the rest of the master is not public
+and may change). In a worker (`post_fork`), `server` shows the master as it was at the fork.
+
+{hook_surface}
 
 **`--preload`** imports the app once in the master, then workers are forked from it
 and share its memory copy-on-write (`gc.freeze()` before each fork keeps the
@@ -146,8 +149,20 @@ def settings_table() -> Iterator[str]:
         yield "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
+def hook_surface() -> str:
+    """The README's list of what a hook may read, from the facade itself (``hooks.Server``, ``hooks.WorkerInfo``)."""
+    lines = []
+    for name, member in vars(hooks.Server).items():
+        if isinstance(member, property) and member.__doc__:
+            lines.append(f"- `server.{name}`: {member.__doc__.strip()}")
+    doc = " ".join((hooks.WorkerInfo.__doc__ or "").split())
+    lines.append(f"- `worker` (and each of `server.workers`), a `WorkerInfo`: {doc}")
+    return "\n".join(lines)
+
+
 def settings_section() -> str:
-    return SETTINGS_INTRO + "\n" + "\n".join(settings_table()) + "\n\n" + SETTINGS_NOTES
+    notes = SETTINGS_NOTES.replace("{hook_surface}", hook_surface())
+    return SETTINGS_INTRO + "\n" + "\n".join(settings_table()) + "\n\n" + notes
 
 
 # --- the README's exit statuses, read from errors.py with their comments ---

@@ -5,37 +5,39 @@ hook           called as                  where and when
 =============  =========================  ==========================================================
 on_starting    ``on_starting(server)``    master, before it binds or inherits its listeners
 when_ready     ``when_ready(server)``     master, once it listens (pid file written), before forking
-pre_fork       ``pre_fork(server, w)``    master, just before each fork; ``w`` is the master's
-                                          ``WorkerProcess`` record (``index``, ``generation``;
-                                          ``pid`` is 0 until the fork)
+pre_fork       ``pre_fork(server, w)``    master, just before each fork (``w.pid`` is 0 until then)
 post_fork      ``post_fork(server, w)``   the new worker, after its process set-up (signals, TLS
-                                          context), before it drops privileges and loads the app;
-                                          ``w`` is the ``Worker`` object. Raising fails its boot.
-worker_exit    ``worker_exit(server, w)`` master, after reaping a worker (whatever killed it);
-                                          ``w`` is the master's ``WorkerProcess`` record, with
-                                          ``exit_status`` (as ``os.waitpid`` gave it)
+                                          context), before it drops privileges and loads the app
+                                          (``w.pid`` is the worker's). Raising fails its boot.
+worker_exit    ``worker_exit(server, w)`` master, after reaping a worker (whatever killed it), with
+                                          ``w.exit_status`` (as ``os.waitpid`` gave it)
 on_reload      ``on_reload(server)``      master, on HUP, once the new settings are accepted
                                           (``server.pending_settings``), before the new workers fork
 on_exit        ``on_exit(server)``        master, just before it exits
 =============  =========================  ==========================================================
 
-``server`` is the ``Master`` (in a worker: the worker's forked copy of it). Hook
-modules are imported in the master when it starts and checked again on each HUP
-(a module already imported is not re-read: new hook code needs a binary upgrade
-or a restart); a hook that cannot be imported is a configuration error. Master
-hooks run inside its loop, so they must be quick. An exception in a hook (even
-SystemExit) is logged with its traceback and the server carries on, except in
-``post_fork``, where it fails that worker's boot.
+What a hook may read is exactly :class:`Server` (``server``) and :class:`WorkerInfo`
+(``w``), both read-only; nothing else of the master is public, so that its
+internals can change without breaking a hook. In a worker, ``server`` shows the
+master as it was when that worker was forked. Hook modules are imported in the
+master when it starts and checked again on each HUP (a module already imported
+is not re-read: new hook code needs a binary upgrade or a restart); a hook that
+cannot be imported is a configuration error. Master hooks run inside its loop,
+so they must be quick. An exception in a hook (even SystemExit) is logged with
+its traceback and the server carries on, except in ``post_fork``, where it fails
+that worker's boot.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import AppImportError, ConfigError
 from .importer import import_app
+from .view import ServerView, WorkerProcess
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -45,6 +47,90 @@ log = logging.getLogger("prefork")
 HOOK_NAMES = ("on_starting", "when_ready", "pre_fork", "post_fork", "worker_exit", "on_reload", "on_exit")
 
 Hook = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as a hook sees it: `pid` (0 in pre_fork), `index` (0 to workers - 1; a replacement
+    takes the same), `generation` (1 at start, one more per reload), `booted`, `stopping` ("graceful",
+    "fast", "kill" or None), `exit_status` (in worker_exit: as os.waitpid gave it). A copy, taken when
+    the hook is called."""
+
+    pid: int  # 0 in pre_fork: not forked yet
+    index: int  # its number, 0 .. workers - 1: a replacement takes the same index
+    generation: int  # 1 at start, one more for each reload
+    booted: bool  # it told the master it serves
+    stopping: str | None  # "graceful", "fast" or "kill" once the master asked it to stop
+    exit_status: int | None  # worker_exit: the raw os.waitpid() status
+
+    @classmethod
+    def of(cls, record: WorkerProcess) -> WorkerInfo:
+        return cls(record.pid, record.index, record.generation, record.booted,
+                   record.stopping.label if record.stopping else None, record.exit_status)
+
+
+class Server:
+    """The server, as a hook sees it: read-only, always current (each attribute is read when asked)."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view: ServerView) -> None:
+        self._view = view
+
+    @property
+    def pid(self) -> int:
+        """The master's pid."""
+        return self._view.pid
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of the generation serving (a frozen ``Settings``: every setting by its name)."""
+        return self._view.settings
+
+    @property
+    def generation(self) -> int:
+        """The generation serving."""
+        return self._view.generation
+
+    @property
+    def pending_generation(self) -> int | None:
+        """The generation on trial during a reload, else None."""
+        return self._view.pending
+
+    @property
+    def pending_settings(self) -> Settings | None:
+        """Its settings (in on_reload: the new settings), else None."""
+        return self._view.pending_settings
+
+    @property
+    def num_workers(self) -> int:
+        """How many workers the master keeps now (after TTIN/TTOU, the adaptive pool)."""
+        return self._view.num_workers
+
+    @property
+    def workers(self) -> tuple[WorkerInfo, ...]:
+        """Every worker not yet reaped, booting, serving or stopping, by generation and index."""
+        records = sorted(self._view.workers.values(), key=lambda w: (w.generation, w.index, w.pid))
+        return tuple(WorkerInfo.of(record) for record in records)
+
+    @property
+    def listeners(self) -> tuple[str, ...]:
+        """The addresses served, as the log names them (``127.0.0.1:8000``, ``unix:/run/app.sock``)."""
+        return tuple(self._view.listener_names)
+
+    @property
+    def stopping(self) -> str | None:
+        """``"graceful"`` or ``"fast"`` once the server stops, else None."""
+        stop = self._view.stopping
+        return stop.label if stop else None
+
+    @property
+    def log(self) -> logging.Logger:
+        """prefork's logger: what a hook logs there goes where the server's own lines go."""
+        return log
+
+    def __repr__(self) -> str:
+        return f"<prefork server pid {self.pid} generation {self.generation}>"
 
 
 class HookError(Exception):

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import AppImportError
+from .peer import Handler
 
 if TYPE_CHECKING:
     from .settings import Settings
-
-Handler = Callable[[Any, Any], None]
-
 
 def import_app(spec: str) -> Handler:
     """Import the handler named by ``spec``; raise :class:`AppImportError` naming what failed."""

@@ -23,9 +23,9 @@ from .boot import BootPolicy
 from .endpoint import Endpoint
 from .errors import EXIT_OK, ConfigError, describe_status
 from .events import EVENT_BOOTED, EVENT_RETIRE, EventPipe
-from .importer import Handler
 from .listeners import Listeners
 from .log import Log
+from .peer import Handler
 from .pidfile import Pidfile
 from .pool import Pool
 from .reload import Generations, give_log_to_workers
@@ -75,6 +75,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
+        self.hook_server = hooks.Server(self)  # what hooks may read of us
         self.signal_table: dict[int, Callable[[], None]] = {
             signal.SIGHUP: self.handle_hup,  # reload: new generation, then retire the old
             signal.SIGTERM: self.handle_term,  # graceful stop
@@ -124,7 +125,7 @@ class Master:
         return EXIT_OK
 
     def start(self) -> None:
-        hooks.run("on_starting", self.settings, self)
+        hooks.run("on_starting", self.settings, self.hook_server)
         self.upgrade.replaces = upgraded_from(os.environ)
         self.gens.settings = settings = self.listeners.open(self.settings, os.environ)
         # The title first: control commands take a pid file's process for a master by its title.
@@ -142,7 +143,7 @@ class Master:
         self.selector.register(self.events.read_fd, selectors.EVENT_READ, self.read_worker_events)
         self.wakeup.install()
         log.info("master started (pid %d), %d workers, app %s", self.pid, self.num_workers, settings.app)
-        hooks.run("when_ready", self.settings, self)
+        hooks.run("when_ready", self.settings, self.hook_server)
 
     def wait(self, timeout: float | None) -> None:
         for key, _ in self.selector.select(timeout):
@@ -238,7 +239,7 @@ class Master:
             self.num_workers = new.workers
             self.log.set_level(new.log_level)
             self.boot.reset()
-            hooks.run("on_reload", new, self)
+            hooks.run("on_reload", new, self.hook_server)
 
     def abandon_pending(self, why: str, failed: bool = True) -> None:
         self.gens.abandon(why, failed)
@@ -278,11 +279,11 @@ class Master:
         listeners = self.listeners.for_worker(index, settings)
         if settings.threads > 1 or any_threaded(self):
             make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
-        hooks.run("pre_fork", settings, self, record)
+        hooks.run("pre_fork", settings, self.hook_server, hooks.WorkerInfo.of(record))
         spec = WorkerSpec(
             settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
             index=index, generation=generation, master_pid=self.pid, events_fd=self.events.write_fd, log=self.log,
-            handler=self.preloaded, server=self,
+            handler=self.preloaded, server=self.hook_server,
             close_fds=(self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(),
                        *(fd for endpoint in self.endpoints for fd in endpoint.fds())),
             foreign=tuple(lst for lst in self.listeners.all() if lst not in listeners))
@@ -308,7 +309,7 @@ class Master:
                 if not worker.booted and worker.stopping is None:
                     self.boot_failed(worker, describe_status(status), status)
                 self.listeners.close_slots(self.num_workers, self.table.indexes())
-                hooks.run("worker_exit", self.settings, self, worker)
+                hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, why: str, status: int) -> None:
         self.boot.count_failure()
@@ -363,6 +364,6 @@ class Master:
             endpoint.close()
         self.selector.close()
         self.events.close()
-        hooks.run("on_exit", self.settings, self)
+        hooks.run("on_exit", self.settings, self.hook_server)
         log.info("master exiting")
 

@@ -317,16 +317,16 @@ class Settings:
         parse=hook_spec, metavar="MODULE:FUNC",
     )
     pre_fork: str | None = setting(
-        None, help="Hook pre_fork(server, worker): in the master just before forking; worker is the "
-        "master's record (index, generation; pid 0 until forked).", parse=hook_spec, metavar="MODULE:FUNC",
+        None, help="Hook pre_fork(server, worker): in the master just before forking (worker.pid is 0 "
+        "until forked).", parse=hook_spec, metavar="MODULE:FUNC",
     )
     post_fork: str | None = setting(
         None, help="Hook post_fork(server, worker): in the new worker, before privileges drop and the app "
-        "loads; worker is the Worker; raising fails the boot.", parse=hook_spec, metavar="MODULE:FUNC",
+        "loads; raising fails the boot.", parse=hook_spec, metavar="MODULE:FUNC",
     )
     worker_exit: str | None = setting(
-        None, help="Hook worker_exit(server, worker): in the master after reaping a worker; worker is the "
-        "master's record (pid, index, generation, exit_status).", parse=hook_spec, metavar="MODULE:FUNC",
+        None, help="Hook worker_exit(server, worker): in the master after reaping a worker (worker.exit_status "
+        "as os.waitpid gave it).", parse=hook_spec, metavar="MODULE:FUNC",
     )
     on_reload: str | None = setting(
         None, help="Hook on_reload(server): in the master on HUP, once the new settings are accepted.",

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, NoReturn
 
-from .importer import Handler
+from .peer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
 from .view import ServerView

@@ -25,8 +25,9 @@ from . import events, hooks, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
 from .events import EVENT_BOOTED, EVENT_RETIRE
-from .importer import Handler, load_handler
+from .importer import load_handler
 from .log import Log
+from .peer import Handler, format_peer
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
 from .sockets import Listener
@@ -58,14 +59,6 @@ class StopServing(BaseException):
     """
 
 
-def format_peer(addr: Any) -> str:
-    """``host:port`` for TCP peers, ``unix`` for unnamed unix peers."""
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = addr[0]
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return f"unix:{addr}" if addr else "unix"
-
-
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker is built from, decided by the master before it forks."""
@@ -82,7 +75,7 @@ class WorkerSpec:
     handler: Handler | None  # --preload: the app the master loaded
     close_fds: tuple[int, ...]  # the master's own descriptors, closed first thing
     foreign: tuple[Listener, ...]  # listeners that are not ours (closed too)
-    server: Any = None  # what the hooks receive as ``server``
+    server: hooks.Server | None = None  # what the hooks receive as ``server``
 
 
 class Worker:
@@ -174,7 +167,7 @@ class Worker:
         Both come before the app is imported, so that app code never runs as root
         when the workers are meant not to.
         """
-        hooks.run_or_raise("post_fork", self.settings, self.server, self)
+        hooks.run_or_raise("post_fork", self.settings, self.server, self.info())
         identity = privileges.resolve(self.settings.user, self.settings.group)
         if identity is None:
             return
@@ -434,6 +427,10 @@ class Worker:
     def wake_fds(self) -> list[int]:
         """Descriptors that become readable when this worker is told to stop (threaded.py)."""
         return []
+
+    def info(self) -> hooks.WorkerInfo:
+        """This worker as a hook sees it."""
+        return hooks.WorkerInfo(os.getpid(), self.index, self.generation, False, None, None)
 
     def tell_master(self, event: int) -> None:
         events.tell_master(self.events_fd, event)

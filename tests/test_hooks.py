@@ -40,23 +40,31 @@ def test_every_hook_is_called_in_the_right_process(server: Server, tmp_path: Pat
     order = [call["hook"] for call in log]
     assert order[:3] == ["on_starting", "when_ready", "pre_fork"], order
     assert order[-1] == "on_exit"
-    for call in log:
-        assert call["server"] == "Master" and call["server_pid"] == master
-        if call["hook"] == "post_fork":  # in the new worker, with the Worker object
+    for call in log:  # the documented facade, never the Master itself
+        assert call["server"] == "Server" and call["server_pid"] == master
+        listening = [] if call["hook"] == "on_starting" else [f"127.0.0.1:{server.port}"]  # before it binds
+        assert call["listeners"] == listening and call["workers_setting"] == 2
+        if call["hook"] == "post_fork":  # in the new worker
             assert call["ppid"] == master and call["pid"] != master, call
-            assert call["worker"] == "Worker" and call["worker_pid"] is None
+            assert call["worker"] == "WorkerInfo" and call["worker_pid"] == call["pid"]
         else:  # everything else runs in the master
             assert call["pid"] == master, call
     forks = named(record, "pre_fork")
-    assert {(c["worker"], c["worker_pid"]) for c in forks} == {("WorkerProcess", 0)}  # not forked yet
-    assert sorted((c["index"], c["generation"]) for c in forks) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert {(c["worker"], c["worker_pid"]) for c in forks} == {("WorkerInfo", 0)}  # not forked yet
+    assert sorted((c["index"], c["worker_generation"]) for c in forks) == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert {c["pid"] for c in named(record, "post_fork")} == server.booted_pids()
     exits = named(record, "worker_exit")
-    assert {c["worker"] for c in exits} == {"WorkerProcess"}
+    assert {c["worker"] for c in exits} == {"WorkerInfo"}
     assert {c["worker_pid"] for c in exits} == server.booted_pids()  # every worker, old and new
     assert {c["exit_status"] for c in exits} == {0}  # retired and stopped gracefully
     (reload,) = named(record, "on_reload")
-    assert reload["pending"] == 2  # called with the new settings accepted
+    # Called with the new settings accepted, generation 2 on trial, before its workers fork.
+    assert (reload["pending"], reload["generation"], reload["pending_generation"]) == (2, 1, 2)
+    assert sorted((w[1], w[2], w[3]) for w in reload["table"]) == [(0, 1, True), (1, 1, True)]
+    (ready,) = named(record, "when_ready")
+    assert ready["table"] == [] and ready["num_workers"] == 2 and ready["stopping"] is None
+    (exit_call,) = named(record, "on_exit")
+    assert exit_call["table"] == [] and exit_call["stopping"] == "graceful" and exit_call["generation"] == 2
     assert order.index("on_reload") < max(i for i, c in enumerate(log) if c["hook"] == "pre_fork")
 
 
@@ -100,3 +108,13 @@ def test_unimportable_hook_on_reload_keeps_the_running_configuration(server: Ser
     wait_for(lambda: "reload refused" in server.log(), what="refusal")
     assert "on_exit: cannot import hook 'nosuchhookmodule:f'" in server.log()
     assert server.worker_pids() == before
+
+
+def test_hooks_cannot_write_into_the_server(server: Server, tmp_path: Path) -> None:
+    record = tmp_path / "hooks.jsonl"
+    server.start("--pre-fork", "hookapps:readonly", workers=1, env={"HOOK_LOG": str(record)}).wait_ready(1)
+    server.signal(signal.SIGTTIN)
+    server.wait_ready(2)
+    outcomes = [call["outcome"] for call in named(record, "readonly")]
+    assert outcomes[0] == ["refused", "refused", "refused"]  # no workers yet: the third write tries the server
+    assert outcomes[1] == ["refused", "refused", "refused"]  # a WorkerInfo is frozen

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AppImportError
 
 if TYPE_CHECKING:
-    from ..importer import Handler
+    from ..peer import Handler
     from ..settings import Settings
 
 
