@@ -26,6 +26,7 @@ from .docs import toml_value
 from .errors import EXIT_APP, EXIT_BIND, EXIT_USAGE, AppImportError, BindError, ConfigError, PreforkError
 from .importer import import_app
 from .pidfile import read_pid
+from .reload import load_tls_context
 from .settings import Settings
 from .sockets import Address
 
@@ -214,6 +215,7 @@ def check_settings(settings: Settings) -> Problem | None:
     if not settings.app:
         return Problem(EXIT_USAGE, "no APP given (as an argument, PREFORK_APP or app = ... in the config file)")
     try:
+        load_tls_context(settings)  # the certificate files load, as at start
         privileges.check_can_switch(privileges.resolve(settings.user, settings.group))
         if settings.daemon:
             refuse_under_systemd(os.environ)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from . import __version__, daemon, hooks, privileges
+from . import __version__, daemon, hooks, privileges, sources
 from . import settings as settings_mod
 from .errors import EXIT_USAGE, ConfigError, PreforkError
 from .importer import add_to_path, load_handler
@@ -20,6 +20,7 @@ from .log import Log
 from .peer import Handler
 from .settings import Settings
 from .upgrade import UPGRADE_VAR
+from .values import Meta, app_spec
 
 EXAMPLES_HINT = (
     "Missing APP: the handler to serve, as module:attribute.\n"
@@ -29,7 +30,7 @@ EXAMPLES_HINT = (
 )
 
 
-def _validator(name: str, meta: settings_mod.Meta) -> Callable[[click.Context, click.Parameter, Any], Any]:
+def _validator(name: str, meta: Meta) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def validate(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None or (meta.multiple and not value):
             return None
@@ -75,12 +76,12 @@ def run(app: str | None, **options: Any) -> None:
     cli_values = _cli_values(app, options)
     environ = dict(os.environ)
     try:
-        settings, _ = settings_mod.load(cli_values, environ)
+        settings, _ = sources.load(cli_values, environ)
         if not settings.app:
             raise click.UsageError(EXAMPLES_HINT)
         # A reload re-reads the same file even after --chdir: its path, made absolute, is pinned.
         pinned = dict(cli_values, config=settings.config) if settings.config else cli_values
-        status = serve(settings, lambda: settings_mod.load(pinned, environ)[0])
+        status = serve(settings, lambda: sources.load(pinned, environ)[0])
     except PreforkError as exc:
         fail(exc, exc.exit_status)
     except KeyboardInterrupt:
@@ -102,7 +103,7 @@ def check(app: str | None, **options: Any) -> None:
     from . import check as checks
 
     try:
-        settings, origin = settings_mod.load(_cli_values(app, options), dict(os.environ))
+        settings, origin = sources.load(_cli_values(app, options), dict(os.environ))
         for line in checks.effective_configuration(settings, origin):
             click.echo(line)
         prepare_process(settings)
@@ -129,11 +130,13 @@ def _cli_values(app: str | None, options: dict[str, Any]) -> dict[str, Any]:
 def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     """Prepare this process as the settings say, then run the master until it stops."""
     from .master import Master  # after the CLI is parsed: keeps --help fast
+    from .reload import load_tls_context
 
     identity = privileges.resolve(settings.user, settings.group)
     privileges.check_can_switch(identity)
     if settings.daemon:
         daemon.refuse_under_systemd(os.environ)
+    tls_context = load_tls_context(settings)  # once per settings value: the workers inherit it
     prepare_process(settings)
     log = open_log(settings)
     hooks.import_hooks(settings)
@@ -144,7 +147,8 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
         check_before_detaching(settings)
         daemon.daemonize()
     try:
-        return Master(settings, log, reload_settings=reload_settings, preloaded=preloaded).run()
+        return Master(settings, log, reload_settings=reload_settings, preloaded=preloaded,
+                      tls_context=tls_context).run()
     except PreforkError as exc:
         if detached:
             logging.getLogger("prefork").error("%s", exc)  # our stderr is /dev/null now
@@ -174,7 +178,7 @@ def check_before_detaching(settings: Settings) -> None:
 
 def _parse_app(app: str) -> str:
     try:
-        return settings_mod.app_spec(app) or ""
+        return app_spec(app) or ""
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="APP") from None
 

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import tls
 from .access import AccessRules, ClientIP, client_ip, compile_rules, count_busy_from, in_any, peer_prefix
 from .peer import format_peer
 from .proxy_protocol import NoHeader, ProxyProtocolError, read_header
 from .scoreboard import Scoreboard, Slot
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from ssl import SSLContext, SSLSocket
 
 log = logging.getLogger("prefork")
 
@@ -75,15 +76,12 @@ class RateLimitedLog:
 class Preparer:
     """The configured steps, applied to each connection (see the module docstring)."""
 
-    def __init__(self, settings: Settings, scoreboard: Scoreboard, slot: Slot) -> None:
+    def __init__(self, settings: Settings, scoreboard: Scoreboard, slot: Slot, context: SSLContext | None) -> None:
         self.settings = settings
         self.scoreboard = scoreboard
         self.slot = slot
         self.rules = AccessRules(settings.allow, settings.deny) if settings.allow or settings.deny else None
-        self.context = (
-            tls.make_context(settings.certfile, settings.keyfile, settings.ca_certs, settings.verify_client)
-            if settings.certfile else None
-        )
+        self.context = context  # loaded by the master for this generation (tls.load_context)
         self.proxy_allow = compile_rules(settings.proxy_allow)
         self.idle_timeout = settings.idle_timeout or None
         # The PROXY and TLS steps leave a timeout on the socket; plain blocking sockets need no call.
@@ -153,7 +151,11 @@ class Preparer:
         if busy > self.settings.max_per_source:
             raise self.refuse(addr, f"{busy - 1} connections from this host already served (--max-per-source)")
 
-    def handshake(self, conn: socket.socket, addr: Any, deadline: float) -> ssl.SSLSocket:
+    def handshake(self, conn: socket.socket, addr: Any, deadline: float) -> SSLSocket:
+        import ssl  # here (a dictionary look-up per handshake): ssl stays out of a server without TLS
+
+        from . import tls
+
         assert self.context is not None
         try:
             return tls.handshake(self.context, conn, deadline)
@@ -163,11 +165,12 @@ class Preparer:
             raise self.refuse(addr, f"TLS handshake failed: {exc.reason or exc}") from None
 
 
-def make_preparer(settings: Settings, scoreboard: Scoreboard, slot: Slot) -> Prepare | None:
+def make_preparer(settings: Settings, scoreboard: Scoreboard, slot: Slot,
+                  context: SSLContext | None = None) -> Prepare | None:
     """The preparation for this worker, or None when no setting asks for one (the fast path)."""
     wanted = (
         settings.proxy_protocol or settings.allow or settings.deny or settings.max_per_source
         or settings.certfile or settings.idle_timeout
     )
-    return Preparer(settings, scoreboard, slot) if wanted else None
+    return Preparer(settings, scoreboard, slot, context) if wanted else None
 

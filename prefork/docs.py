@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from . import errors, hooks
-from .settings import ENV_PREFIX, Meta, declared, default_text
+from .settings import declared, default_text
+from .sources import ENV_PREFIX
+from .values import Meta
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

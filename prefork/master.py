@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 from . import control, hooks, proctitle
 from .boot import BootPolicy
@@ -40,6 +41,9 @@ from .wakeup import Wakeup
 from .worker import WorkerSpec
 from .worker_table import WorkerTable
 
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
 log = logging.getLogger("prefork")
 
 HANDLED_SIGNALS = (
@@ -52,7 +56,7 @@ class Master:
     """The supervisor process. :meth:`run` returns the exit status or raises a PreforkError."""
 
     def __init__(self, settings: Settings, log_: Log, reload_settings: Callable[[], Settings],
-                 preloaded: Handler | None = None) -> None:
+                 preloaded: Handler | None = None, tls_context: SSLContext | None = None) -> None:
         self.log = log_
         self.reload_settings = reload_settings
         self.preloaded = preloaded
@@ -66,7 +70,7 @@ class Master:
         self.listeners = Listeners()
         self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         # Which generation serves, and the one on trial during a reload.
-        self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier)
+        self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, tls_context)
         self.pidfile: Pidfile | None = None
         self.stopping: Stop | None = None  # GRACEFUL or FAST once the server stops
         self.halt_error: Exception | None = None
@@ -233,8 +237,8 @@ class Master:
         if self.stopping:
             return
         self.notifier.reloading(self)
-        new = self.gens.read(self, self.reload_settings, self.log, self.preloaded is not None)
-        new = new and self.gens.begin(self, new)
+        read = self.gens.read(self, self.reload_settings, self.log, self.preloaded is not None)
+        new = read and self.gens.begin(self, *read)
         if new is not None:
             self.num_workers = new.workers
             self.log.set_level(new.log_level)
@@ -283,7 +287,7 @@ class Master:
         spec = WorkerSpec(
             settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
             index=index, generation=generation, master_pid=self.pid, events_fd=self.events.write_fd, log=self.log,
-            handler=self.preloaded, server=self.hook_server,
+            handler=self.preloaded, server=self.hook_server, tls_context=self.gens.context_for(generation),
             close_fds=(self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(),
                        *(fd for endpoint in self.endpoints for fd in endpoint.fds())),
             foreign=tuple(lst for lst in self.listeners.all() if lst not in listeners))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import hooks, privileges
 from .errors import ConfigError
@@ -24,6 +25,9 @@ from .systemd import Notifier
 from .view import ServerView
 from .worker_table import WorkerTable
 
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
 log = logging.getLogger("prefork")
 
 
@@ -31,11 +35,14 @@ class Generations:
     """The serving generation and its settings, and the generation on trial during a reload."""
 
     def __init__(self, settings: Settings, listeners: Listeners, table: WorkerTable, stats: Stats,
-                 notifier: Notifier) -> None:
+                 notifier: Notifier, tls_context: SSLContext | None = None) -> None:
         self.settings = settings
         self.generation = 1
         self.pending: int | None = None
         self.pending_settings: Settings | None = None
+        # Each generation's TLS context, loaded once from its settings (start, HUP): workers inherit it.
+        self.tls_context: SSLContext | None = tls_context
+        self.pending_tls_context: SSLContext | None = None
         self.listeners, self.table, self.stats, self.notifier = listeners, table, stats, notifier
 
     def target(self) -> int:
@@ -43,8 +50,9 @@ class Generations:
         return self.pending if self.pending is not None else self.generation
 
     def read(self, view: ServerView, reload_settings: Callable[[], Settings], log_: Log,
-             preloaded: bool) -> Settings | None:
-        """The settings a HUP asks for, or None if they are refused (logged, reported): nothing changes."""
+             preloaded: bool) -> tuple[Settings, SSLContext | None] | None:
+        """The settings a HUP asks for and their TLS context, or None if refused (logged, reported): nothing
+        changes."""
         try:
             return read_new_settings(reload_settings, self.settings, log_, preloaded)
         except ConfigError as exc:
@@ -52,7 +60,10 @@ class Generations:
             self.refused(view, str(exc))
             return None
 
-    def begin(self, view: ServerView, new: Settings) -> Settings | None:
+    def context_for(self, generation: int) -> SSLContext | None:
+        return self.pending_tls_context if generation == self.pending else self.tls_context
+
+    def begin(self, view: ServerView, new: Settings, tls_context: SSLContext | None) -> Settings | None:
         """Put a generation with ``new`` on trial; its settings (binds completed), or None if refused."""
         if self.pending is not None:
             self.abandon("superseded by a newer reload", failed=False)
@@ -63,7 +74,7 @@ class Generations:
             self.refused(view, str(exc))
             return None
         self.pending = self.generation + 1 if self.pending is None else self.pending + 1
-        self.pending_settings = new
+        self.pending_settings, self.pending_tls_context = new, tls_context
         log.info("reloading: starting generation %d (%d workers)", self.pending, new.workers)
         return new
 
@@ -76,7 +87,8 @@ class Generations:
         assert self.pending is not None and self.pending_settings is not None
         old = self.generation
         self.generation, self.settings = self.pending, self.pending_settings
-        self.pending, self.pending_settings = None, None
+        self.tls_context = self.pending_tls_context
+        self.pending, self.pending_settings, self.pending_tls_context = None, None, None
         self.listeners.close_unlisted(self.settings, say=True)
         self.stats.reloads += 1
         retiring = self.table.retire_other_generations(self.generation, self.settings.graceful_timeout)
@@ -96,14 +108,16 @@ class Generations:
             self.table.stop_generation(self.pending, self.settings.graceful_timeout)
         if self.pending_settings is not None:
             self.listeners.close_unlisted(self.settings, say=False)
-        self.pending, self.pending_settings = None, None
+        self.pending, self.pending_settings, self.pending_tls_context = None, None, None
 
 
 def read_new_settings(reload_settings: Callable[[], Settings], current: Settings, log_: Log,
-                      preloaded: bool) -> Settings:
-    """The settings a HUP asks for, checked, with the log switched to them; ConfigError refuses the reload."""
+                      preloaded: bool) -> tuple[Settings, SSLContext | None]:
+    """The settings a HUP asks for, checked, and their TLS context, with the log switched to them;
+    ConfigError refuses the reload."""
     new = reload_settings()
     hooks.import_hooks(new)
+    context = load_tls_context(new)
     switch_log(log_, new)
     if preloaded:
         log.warning("--preload: new workers reuse the app loaded at start (%s); "
@@ -111,7 +125,16 @@ def read_new_settings(reload_settings: Callable[[], Settings], current: Settings
     unchanged = start_only_changes(current, new)
     if unchanged:
         log.warning("reload: %s only take effect when the master starts (USR2 or restart)", ", ".join(unchanged))
-    return new
+    return new, context
+
+
+def load_tls_context(settings: Settings) -> SSLContext | None:
+    """The TLS context ``settings`` ask for, loaded from the files now (ConfigError names the one that failed)."""
+    if not settings.certfile:
+        return None  # and ssl is never imported
+    from . import tls
+
+    return tls.load_context(settings)
 
 
 def switch_log(log_: Log, new: Settings) -> None:

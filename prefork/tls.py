@@ -1,8 +1,10 @@
 """TLS: the server's context, and the handshake a worker does before the handler runs.
 
-Each worker builds its context when it boots, so a reload (HUP), which boots
-a new generation of workers, picks up rotated certificate files without a
-restart; a generation whose files do not load never replaces the running one.
+The master loads the context once per settings value: at start, and on each
+reload (HUP), where files that do not load refuse the reload and the running
+generation keeps serving. Workers inherit their generation's context through
+fork; they read no certificate file themselves. A reload thus picks up rotated
+certificate files without a restart. Only imported when TLS is configured.
 """
 
 from __future__ import annotations
@@ -10,8 +12,19 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+def load_context(settings: Settings) -> ssl.SSLContext | None:
+    """The context ``settings`` ask for (None without --certfile); ConfigError names the file that failed."""
+    if not settings.certfile:
+        return None
+    return make_context(settings.certfile, settings.keyfile, settings.ca_certs, settings.verify_client)
 
 
 def make_context(certfile: str, keyfile: str | None, ca_certs: str | None, verify_client: bool) -> ssl.SSLContext:

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import events, hooks, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
@@ -31,6 +31,9 @@ from .peer import Handler, format_peer
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
 from .sockets import Listener
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 log = logging.getLogger("prefork")
 
@@ -76,6 +79,7 @@ class WorkerSpec:
     close_fds: tuple[int, ...]  # the master's own descriptors, closed first thing
     foreign: tuple[Listener, ...]  # listeners that are not ours (closed too)
     server: hooks.Server | None = None  # what the hooks receive as ``server``
+    tls_context: SSLContext | None = None  # its generation's, loaded by the master (tls.py)
 
 
 class Worker:
@@ -125,8 +129,7 @@ class Worker:
     def boot_and_serve(self) -> int:
         self.setup_process()
         try:
-            # Before privileges drop: private keys are usually readable by root only.
-            self.prepare = make_preparer(self.settings, self.scoreboard, self.slot)
+            self.prepare = make_preparer(self.settings, self.scoreboard, self.slot, self.spec.tls_context)
         except PreforkError as exc:
             log.error("worker boot failed: %s", exc)
             return WORKER_EXIT_BOOT

@@ -16,8 +16,10 @@ from prefork.access import AccessRules, ClientIP, client_ip, count_busy_from, ne
 from prefork.connection import RateLimitedLog
 from prefork.errors import ConfigError
 from prefork.scoreboard import Scoreboard
-from prefork.settings import Settings, file_mode, load, owner
+from prefork.settings import Settings
 from prefork.sockets import Owner
+from prefork.sources import load
+from prefork.values import file_mode, owner
 
 # --- pure functions ---
 

@@ -1,7 +1,7 @@
 """Issue 4: settings from a TOML file, the environment and the command line; `prefork check`.
 
 Real files, real environment variables, real processes. The first tier calls
-``settings.load`` directly (with real files); the rest runs the real command.
+``sources.load`` directly (with real files); the rest runs the real command.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TESTS, Server, free_port, wait_for
 
-from prefork import docs, settings
+from prefork import docs, settings, sources
 from prefork.errors import ConfigError
 from prefork.settings import Settings
 
-# --- tier 1: settings.load with real files ---
+# --- tier 1: sources.load with real files ---
 
 SOURCES = ("file", "env", "cli")
 
@@ -38,7 +38,7 @@ def test_precedence_every_combination(tmp_path: Path, given: tuple[str, ...]) ->
     environ = {"PREFORK_WORKERS": "5", "PREFORK_BACKLOG": "50"} if "env" in given else {}
     if "cli" in given:
         cli["workers"] = 7
-    loaded, origin = settings.load(cli, environ)
+    loaded, origin = sources.load(cli, environ)
     expected = {"cli": 7, "env": 5, "file": 3}
     winner = next((source for source in ("cli", "env", "file") if source in given), None)
     assert loaded.workers == (expected[winner] if winner else os.cpu_count())
@@ -52,7 +52,7 @@ def test_precedence_every_combination(tmp_path: Path, given: tuple[str, ...]) ->
 def test_config_file_named_in_environment(tmp_path: Path) -> None:
     config = tmp_path / "env.toml"
     config.write_text('app = "testapps:pid"\nbind = ["127.0.0.1:9001", "unix:/tmp/a.sock"]\n')
-    loaded, origin = settings.load({}, {"PREFORK_CONFIG": str(config)})
+    loaded, origin = sources.load({}, {"PREFORK_CONFIG": str(config)})
     assert loaded.app == "testapps:pid"
     assert [str(a) for a in loaded.bind] == ["127.0.0.1:9001", "unix:/tmp/a.sock"]
     assert origin["bind"] == f"file {config}" and origin["config"] == "env PREFORK_CONFIG"
@@ -62,7 +62,7 @@ def test_config_on_the_command_line_beats_config_in_environment(tmp_path: Path) 
     (tmp_path / "env.toml").write_text("workers = 3\n")
     (tmp_path / "cli.toml").write_text("workers = 4\n")
     environ = {"PREFORK_CONFIG": str(tmp_path / "env.toml")}
-    loaded, origin = settings.load({"config": str(tmp_path / "cli.toml")}, environ)
+    loaded, origin = sources.load({"config": str(tmp_path / "cli.toml")}, environ)
     assert loaded.workers == 4 and origin["workers"] == f"file {tmp_path / 'cli.toml'}"
 
 
@@ -70,12 +70,12 @@ def test_config_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monkey
     """A reload after --chdir must read the same file: the path is pinned absolute."""
     (tmp_path / "rel.toml").write_text("workers = 2\n")
     monkeypatch.chdir(tmp_path)
-    loaded, _ = settings.load({"config": "rel.toml"}, {})
+    loaded, _ = sources.load({"config": "rel.toml"}, {})
     assert loaded.config == str(tmp_path / "rel.toml")
 
 
 def test_environment_values_of_every_kind() -> None:
-    loaded, _ = settings.load({}, {
+    loaded, _ = sources.load({}, {
         "PREFORK_BIND": "127.0.0.1:9000, unix:/tmp/a.sock",
         "PREFORK_REUSE_PORT": "yes", "PREFORK_GRACEFUL_TIMEOUT": "2.5",
         "PREFORK_UMASK": "027", "PREFORK_USER": "nobody", "PREFORK_APP": "testapps:pid",
@@ -93,7 +93,7 @@ def _error(tmp_path: Path, text: str | bytes) -> str:
     else:
         config.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        settings.load({"config": str(config)}, {})
+        sources.load({"config": str(config)}, {})
     message = str(caught.value)
     assert message.startswith(str(config)), message  # every message names the file
     return message[len(str(config)) :]
@@ -124,9 +124,9 @@ def test_file_errors_point_at_the_mistake(tmp_path: Path, text: str | bytes, exp
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.toml: cannot read config file: No such file or directory"):
-        settings.load({"config": str(tmp_path / "missing.toml")}, {})
+        sources.load({"config": str(tmp_path / "missing.toml")}, {})
     with pytest.raises(ConfigError, match=r": cannot read config file: Is a directory"):
-        settings.load({"config": str(tmp_path)}, {})
+        sources.load({"config": str(tmp_path)}, {})
 
 
 @pytest.mark.parametrize(("environ", "expected"), [
@@ -137,7 +137,7 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
 ])
 def test_environment_errors(environ: dict[str, str], expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        settings.load({}, environ)
+        sources.load({}, environ)
     assert str(caught.value).startswith(expected)
 
 

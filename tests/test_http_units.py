@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from prefork.settings import Settings, trusted_networks
+from prefork.settings import Settings
+from prefork.values import trusted_networks
 
 httptools = pytest.importorskip("httptools")
 

@@ -1,7 +1,9 @@
-"""TLS in the worker: real certificates (trustme), good, plain, broken and slow clients, rotation on HUP."""
+"""TLS: real certificates (trustme), good, plain, broken and slow clients, rotation on HUP, contexts inherited."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import socket
 import ssl
@@ -13,7 +15,8 @@ import trustme
 from conftest import Server, wait_for
 
 from prefork.errors import ConfigError
-from prefork.tls import make_context
+from prefork.settings import Settings
+from prefork.tls import load_context, make_context
 
 
 def write_identity(ca: trustme.CA, directory: Path) -> tuple[str, str]:
@@ -187,3 +190,26 @@ def test_bad_tls_settings_are_refused_at_start(server_factory: object, ca: trust
 def test_make_context_names_the_file() -> None:
     with pytest.raises(ConfigError, match=r"nothing\.pem"):
         make_context("nothing.pem", None, None, False)
+
+
+def test_workers_inherit_their_generations_context(server: Server, ca: trustme.CA, tmp_path: Path) -> None:
+    """The master loads the files once (start, HUP); a replacement worker reads none of them."""
+    certfile, keyfile = write_identity(ca, tmp_path)
+    server.start("--certfile", certfile, "--keyfile", keyfile, app="testapps:tls_info", workers=1).wait_ready(1)
+    first = tls_ask(server, client_context(ca)).split()[0]
+    Path(keyfile).unlink()  # gone: a worker loading it at boot would fail to boot
+    Path(certfile).unlink()
+    os.kill(int(first), signal.SIGKILL)
+    wait_for(lambda: server.serving_pids() - {int(first)}, 30, what=f"a replacement; log:\n{server.log()}")
+    assert tls_ask(server, client_context(ca)).split()[0] != first  # served with the inherited context
+    assert "exited during boot" not in server.log()
+
+
+def test_settings_values_read_no_certificate_file(ca: trustme.CA, tmp_path: Path) -> None:
+    """Building or replacing a Settings value loads nothing: contexts are loaded once, by tls.load_context."""
+    certfile, keyfile = write_identity(ca, tmp_path)
+    settings = Settings(app="testapps:pid", certfile=certfile, keyfile=keyfile)
+    Path(keyfile).write_text("not a key")
+    changed = dataclasses.replace(settings, workers=3)  # no ConfigError: the files are not read here
+    with pytest.raises(ConfigError, match="cannot load the certificate and key"):
+        load_context(changed)

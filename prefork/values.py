@@ -1,0 +1,218 @@
+"""The value parsers of settings, and how a setting is declared (:func:`setting`, :class:`Meta`).
+
+Each parser takes what a person wrote (a TOML value, an environment variable's
+text, a command-line option) and returns the setting's value, or raises a
+ConfigError saying what is wrong with it; the caller adds where it was written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import privileges
+from .access import Network, network_list
+from .errors import ConfigError
+from .sockets import Address, Owner, parse_address, parse_owner
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+Parser = Callable[[object], Any]
+
+
+@dataclass(frozen=True)
+class Meta:
+    """How one setting is spelt, parsed and documented."""
+
+    help: str
+    parse: Parser
+    metavar: str = ""
+    short: str = ""
+    flag: bool = False  # a boolean switch on the command line
+    multiple: bool = False  # repeatable on the command line; a list in TOML; commas in env
+    cli: bool = True  # False for the APP argument, which is positional
+    shown_default: str = ""  # for defaults computed at run time (the CPU count)
+    start_only: bool = False  # applied when the master starts; a reload (HUP) cannot change it
+
+
+def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
+    """Declare a field of :class:`Settings` with its :class:`Meta`."""
+    md = {"meta": Meta(**meta)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=md)
+    return dataclasses.field(default=default, metadata=md)
+
+
+# --- parsers: each takes a value from any source (str from CLI/env, native from TOML) ---
+
+
+def integer(minimum: int) -> Parser:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{value!r} is not an integer")
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int):
+            raise ConfigError(f"{value!r} is not an integer (expected an integer >= {minimum})")
+        if value < minimum:
+            raise ConfigError(f"{value!r} is too small (expected an integer >= {minimum})")
+        return value
+
+    return parse
+
+
+def seconds(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{value!r} is not a number of seconds")
+    if value < 0:
+        raise ConfigError(f"{value!r} is negative (expected seconds >= 0)")
+    return float(value)
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{value!r} is not a boolean (expected true or false)")
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a string")
+    return value
+
+
+def optional_text(value: object) -> str | None:
+    return text(value) or None
+
+
+def log_level(value: object) -> str:
+    level = text(value).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{value!r} is not a log level (expected one of {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def _items(value: object) -> list[object]:
+    if isinstance(value, str):
+        return [part for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ConfigError(f"{value!r} is not a list")
+
+
+def bind_list(value: object) -> tuple[Address, ...]:
+    addresses = tuple(parse_address(text(item)) for item in _items(value))
+    if not addresses:
+        raise ConfigError("no address given (expected at least one)")
+    return addresses
+
+
+def optional_address(value: object) -> Address | None:
+    spec = text(value).strip()
+    return parse_address(spec) if spec else None
+
+
+def app_spec(value: object) -> str | None:
+    spec = text(value).strip()
+    if not spec:
+        return None
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"{spec!r} is not of the form module:attribute")
+    return spec
+
+
+def hook_spec(value: object) -> str | None:
+    """``module:function`` naming a hook; imported when the master starts (see hooks.py)."""
+    spec = text(value).strip()
+    if not spec:
+        return None
+    module, _, attr = spec.partition(":")
+    if not module or not attr or not all(part.isidentifier() for part in attr.split(".")):
+        raise ConfigError(f"{spec!r} is not of the form module:function")
+    return spec
+
+
+def user_name(value: object) -> str | None:
+    """A user name or numeric uid; a name must exist on this system."""
+    name = str(value).strip() if isinstance(value, int) and not isinstance(value, bool) else text(value).strip()
+    if name:
+        privileges.lookup_user(name)
+    return name or None
+
+
+def group_name(value: object) -> str | None:
+    """A group name or numeric gid; a name must exist on this system."""
+    name = str(value).strip() if isinstance(value, int) and not isinstance(value, bool) else text(value).strip()
+    if name:
+        privileges.lookup_group(name)
+    return name or None
+
+
+class FileMode(int):
+    """An int shown in octal (``0o027``), as modes and umasks are written."""
+
+    def __repr__(self) -> str:
+        return f"0o{int(self):03o}"
+
+    __str__ = __repr__
+
+
+def octal_mode(what: str, example: str) -> Parser:
+    """A parser of octal modes: ``"660"`` or ``"0o660"`` in text, ``0o660`` in TOML."""
+
+    def parse(value: object) -> FileMode | None:
+        if isinstance(value, str):
+            digits = value.strip().lower().removeprefix("0o")
+            if not digits:
+                return None
+            try:
+                value = int(digits, 8)
+            except ValueError:
+                raise ConfigError(f"{value!r} is not an octal {what} (expected e.g. {example})") from None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+            hint = f' (in TOML write 0o{example} or "{example}")' if isinstance(value, int) else ""
+            raise ConfigError(f"{value!r} is not a {what} (expected an octal number 000-777){hint}")
+        return FileMode(value)
+
+    return parse
+
+
+umask_value = octal_mode("umask", "027")
+file_mode = octal_mode("file mode", "660")
+
+
+def readable_file(value: object) -> str | None:
+    """A path that must name a file we can read now (certificates, keys)."""
+    path = text(value).strip()
+    if not path:
+        return None
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"{path!r} is not a readable file")
+    return path
+
+
+def owner(value: object) -> Owner | None:
+    spec = text(value).strip()
+    return parse_owner(spec) if spec else None
+
+
+def trusted_networks(value: object) -> tuple[Network, ...]:
+    """--forwarded-allow-ips: networks, or ``*`` for every address."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (list, tuple)) and any(isinstance(item, str) and item.strip() == "*" for item in items):
+        return network_list("0.0.0.0/0,::/0")
+    return network_list(value)
