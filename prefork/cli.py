@@ -243,10 +243,10 @@ def control_errors() -> Iterator[None]:
 @click.option("--watch", is_flag=True, help="Redraw every second, like top (Ctrl-C to leave).")
 def status_command(pidfile: str, as_json: bool, watch: bool) -> None:
     """Show the running server: master, workers, their state, connections, CPU and memory."""
-    from . import control
+    from . import client
 
     with control_errors():
-        control.show_status(pidfile, as_json, watch, click.echo)
+        client.show_status(pidfile, as_json, watch, click.echo)
 
 
 @main.command("reload")
@@ -254,10 +254,10 @@ def status_command(pidfile: str, as_json: bool, watch: bool) -> None:
 @timeout_option(60.0, "the new generation")
 def reload_command(pidfile: str, timeout: float) -> None:
     """Reload (HUP) and wait until the new generation of workers serves."""
-    from . import control
+    from . import client
 
     with control_errors():
-        click.echo(control.reload(pidfile, timeout))
+        click.echo(client.reload(pidfile, timeout))
 
 
 @main.command("stop")
@@ -266,10 +266,10 @@ def reload_command(pidfile: str, timeout: float) -> None:
 @timeout_option(None, "the master to exit")
 def stop_command(pidfile: str, graceful: bool, timeout: float | None) -> None:
     """Stop the server (fast, or --graceful) and wait until its master has exited."""
-    from . import control
+    from . import client
 
     with control_errors():
-        click.echo(control.stop(pidfile, graceful, timeout))
+        click.echo(client.stop(pidfile, graceful, timeout))
 
 
 @main.command("scale", context_settings={"ignore_unknown_options": True})
@@ -278,7 +278,7 @@ def stop_command(pidfile: str, graceful: bool, timeout: float | None) -> None:
 @timeout_option(60.0, "the workers")
 def scale_command(count: str, pidfile: str, timeout: float) -> None:
     """Set the number of workers to N, or change it by +N/-N, and wait until they serve."""
-    from . import control
+    from . import client
 
     with control_errors():
-        click.echo(control.scale(pidfile, count, timeout))
+        click.echo(client.scale(pidfile, count, timeout))

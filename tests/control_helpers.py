@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import ROOT, TESTS
 
-from prefork.control import query
+from prefork.client import query
 
 
 def prefork(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:

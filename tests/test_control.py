@@ -14,7 +14,7 @@ import pytest
 from conftest import Server, wait_for
 from control_helpers import prefork, snapshot, status_json
 
-from prefork.control import parse_scale
+from prefork.client import parse_scale
 from prefork.endpoint import MAX_CONNECTIONS, Endpoint
 from prefork.errors import ControlError
 from prefork.pidfile import read_pid

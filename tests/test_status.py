@@ -15,19 +15,19 @@ import pytest
 from conftest import ROOT, TESTS, Server, wait_for
 from control_helpers import prefork, snapshot, status_json
 
-from prefork import status
+from prefork import status_table
 
 # --- pure functions ---
 
 
 def test_duration_and_size_read_at_a_glance() -> None:
-    assert status.duration(4.25) == "4.2s"
-    assert status.duration(187) == "3m07s"
-    assert status.duration(2 * 3600 + 5 * 60 + 9) == "2h05m"
-    assert status.duration(3 * 86400 + 4 * 3600) == "3d04h"
-    assert status.size(None) == "-"
-    assert status.size(512) == "512B"
-    assert status.size(5 * 2**20 + 2**19) == "5.5M"
+    assert status_table.duration(4.25) == "4.2s"
+    assert status_table.duration(187) == "3m07s"
+    assert status_table.duration(2 * 3600 + 5 * 60 + 9) == "2h05m"
+    assert status_table.duration(3 * 86400 + 4 * 3600) == "3d04h"
+    assert status_table.size(None) == "-"
+    assert status_table.size(512) == "512B"
+    assert status_table.size(5 * 2**20 + 2**19) == "5.5M"
 
 
 def test_render_shows_master_and_busy_worker() -> None:
@@ -45,7 +45,7 @@ def test_render_shows_master_and_busy_worker() -> None:
              "cpu_percent": 0.0, "rss": 20 * 2**20, "uss": 8 * 2**20},
         ],
     }
-    text = status.render(report, now=now)
+    text = status_table.render(report, now=now)
     assert "prefork master 10 [app:h]  up 1m05s  generation 3  workers 2/2" in text
     assert "restarts 1 (died 1)" in text and "reloads 2" in text
     busy_row = next(line for line in text.splitlines() if " 11 " in line)

@@ -1,0 +1,194 @@
+"""The client commands (``prefork status|reload|stop|scale``): find the master, ask it, wait for the change.
+
+The pid file names the master; changes are made with the same signals an
+operator would send, and each command then polls the control socket
+(``protocol.py``) until the change has happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import psutil
+
+from . import protocol, status_table
+from .errors import ControlError, NotRunningError
+from .pidfile import read_pid
+from .protocol import MASTER_TITLE, control_path
+
+QUERY_TIMEOUT = 5.0
+POLL_INTERVAL = 0.1
+
+
+
+
+def find_master(pidfile: str) -> int:
+    """The pid of the prefork master named by ``pidfile``; NotRunningError for none or a stale file."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        if not os.path.exists(pidfile):
+            raise NotRunningError(f"no server running: pid file {pidfile} does not exist")
+        raise NotRunningError(f"no server running: pid file {pidfile} holds no pid")
+    try:
+        process = psutil.Process(pid)
+        title = " ".join(process.cmdline())
+        gone = process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        title, gone = "", True
+    if gone:
+        raise NotRunningError(f"no server running: stale pid file {pidfile} (process {pid} does not exist)")
+    if not title.startswith(MASTER_TITLE):
+        raise NotRunningError(f"no server running: stale pid file {pidfile} "
+                              f"(process {pid} is not a prefork master: {title[:60]!r})")
+    return pid
+
+
+def query(pidfile: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
+    """Ask the master for its status over its control socket."""
+    find_master(pidfile)
+    path = control_path(pidfile)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            sock.sendall(protocol.request())
+            chunks = []
+            while data := sock.recv(65536):
+                chunks.append(data)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunningError(f"the master at {pidfile} has no control socket ({path})") from None
+        except OSError as exc:
+            raise ControlError(f"cannot query the master through {path}: {exc.strerror or exc}") from None
+    try:
+        report = protocol.decode(b"".join(chunks))
+    except ValueError:
+        raise ControlError(f"the master at {pidfile} gave a malformed answer") from None
+    return report
+
+
+def send_signal(pidfile: str, sig: int) -> int:
+    pid = find_master(pidfile)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise NotRunningError(f"no server running: process {pid} exited") from None
+    return pid
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; ControlError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise ControlError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(POLL_INTERVAL)
+
+
+def show_status(pidfile: str, as_json: bool, watch: bool, out: Callable[[str], None]) -> None:
+    """Print the status once, or redraw it every second (``--watch``) until interrupted."""
+    sampler = status_table.Sampler()
+    report = query(pidfile)
+    sampler.measure(report)  # the first look only primes CPU %
+    time.sleep(0.25)
+    while True:
+        sampler.measure(report)
+        if as_json:
+            out(json.dumps(report, indent=None if watch else 2))
+        else:
+            out(("\x1b[H\x1b[2J" if watch else "") + status_table.render(report))
+        if not watch:
+            return
+        time.sleep(1.0)
+        report = query(pidfile)
+
+
+def reload(pidfile: str, timeout: float) -> str:
+    """HUP, then wait until the new generation serves (or the master reports the reload failed)."""
+    before = query(pidfile)["stats"]
+    send_signal(pidfile, signal.SIGHUP)
+
+    def finished() -> dict[str, Any] | None:
+        report = query(pidfile)
+        stats = report["stats"]
+        if stats["reload_failures"] > before["reload_failures"]:
+            raise ControlError(f"reload failed: {stats['last_reload_error']}; the previous generation keeps serving")
+        if stats["reloads"] > before["reloads"] and report["master"]["pending_generation"] is None:
+            return report
+        return None
+
+    report = wait_until(finished, timeout, "the new generation to boot")
+    m = report["master"]
+    return f"reloaded: generation {m['generation']} serving with {m['target_workers']} workers"
+
+
+def stop(pidfile: str, graceful: bool, timeout: float | None) -> str:
+    """TERM (graceful) or QUIT (fast), then wait for the master to exit."""
+    if timeout is None:
+        # A graceful stop may take the server's whole graceful timeout; a fast one is quick.
+        timeout = 10.0 + (query(pidfile)["master"]["graceful_timeout"] if graceful else 0.0)
+    pid = send_signal(pidfile, signal.SIGTERM if graceful else signal.SIGQUIT)
+    wait_until(lambda: not _alive(pid), timeout, f"master {pid} to exit")
+    return f"stopped: master {pid} exited ({'graceful' if graceful else 'fast'} stop)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def parse_scale(spec: str, current: int) -> int:
+    """``N`` sets the worker count; ``+N`` and ``-N`` change it."""
+    text = spec.strip()
+    try:
+        amount = int(text)
+    except ValueError:
+        raise ControlError(f"{spec!r} is not a worker count (expected N, +N or -N)") from None
+    wanted = current + amount if text[:1] in "+-" else amount
+    if wanted < 1:
+        raise ControlError(f"cannot scale to {wanted} workers (at least 1)")
+    return wanted
+
+
+def scale(pidfile: str, spec: str, timeout: float) -> str:
+    """TTIN/TTOU one at a time (signals of one kind coalesce), then wait for the workers to match."""
+    report = query(pidfile)
+    if report["master"].get("pool"):
+        raise ControlError("the adaptive pool (--max-workers) sizes this server; scale does not apply")
+    before = report["master"]["target_workers"]
+    wanted = parse_scale(spec, before)
+    deadline = time.monotonic() + timeout
+    target = before
+    while target != wanted:
+        step = signal.SIGTTIN if wanted > target else signal.SIGTTOU
+        send_signal(pidfile, step)
+        target = wait_until(partial(_target_moved, pidfile, target), max(0.0, deadline - time.monotonic()),
+                            f"the master to act on {signal.Signals(step).name}")
+    wait_until(lambda: _workers_match(pidfile, wanted), max(0.0, deadline - time.monotonic()),
+               f"{wanted} workers to be serving")
+    return f"scaled: {before} -> {wanted} workers"
+
+
+def _target_moved(pidfile: str, was: int) -> int | None:
+    target = int(query(pidfile)["master"]["target_workers"])
+    return target if target != was else None
+
+
+def _workers_match(pidfile: str, wanted: int) -> bool:
+    """Exactly ``wanted`` workers of the serving generation have booted, and no others remain."""
+    report = query(pidfile)
+    generation = report["master"]["generation"]
+    workers = report["workers"]
+    serving = [w for w in workers if w["generation"] == generation and w["state"] not in ("booting", "stopping")]
+    return len(serving) == wanted and len(workers) == wanted
