@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fairness, footprint, http_section, plan, recovery, report, throughput
+from . import fairness, footprint, http_section, plan, recovery, report, startup, throughput
 from .report import Section
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,6 +29,7 @@ SECTIONS: dict[str, Callable[[plan.Plan], Section]] = {
     "recovery": recovery.run,
     "footprint": footprint.run,
     "http": http_section.run,
+    "startup": startup.run,
 }
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import psutil
-
 from . import status
 from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT
 from .view import ServerView
@@ -86,6 +84,8 @@ def resident_memory(pid: int) -> int | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, IndexError):  # not Linux: psutil knows the platform's way
+        import psutil  # here: the master does not load it otherwise
+
         try:
             return int(psutil.Process(pid).memory_info().rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -19,7 +19,6 @@ document until the master closes the connection. The answer to ``status``
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -42,11 +41,15 @@ def parse_request(data: bytes) -> str:
 
 
 def encode(document: dict[str, Any]) -> bytes:
+    import json  # when first asked: a master nobody queries does not load it
+
     return json.dumps(document).encode() + b"\n"
 
 
 def decode(data: bytes) -> dict[str, Any]:
     """The answer; ValueError if it is not a JSON object."""
+    import json
+
     document = json.loads(data)
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")

@@ -7,22 +7,25 @@ or the variable, and suggests the closest setting name for a misspelt one.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .settings import Settings, names
 from .values import Meta
+
+if TYPE_CHECKING:
+    import tomllib
 
 ENV_PREFIX = "PREFORK_"
 
 
 def _unknown(key: str, where: str, spell: Callable[[str], str] = repr) -> ConfigError:
     """An unknown setting, with the closest declared one as a suggestion."""
+    import difflib  # only for a mistake: a server that starts does not load it
+
     close = difflib.get_close_matches(key, [name for name in names() if name != "config"], n=1)
     hint = f" (did you mean {spell(close[0])}?)" if close else ""
     return ConfigError(f"{where}: unknown setting {spell(key)}{hint}")
@@ -69,6 +72,8 @@ def _read_toml(path: str) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{path}, line {line}: invalid TOML: the file is not UTF-8 text") from None
+    import tomllib  # only with a config file
+
     try:
         return tomllib.loads(source), source
     except tomllib.TOMLDecodeError as exc:
