@@ -12,7 +12,7 @@ import psutil
 
 from . import servers
 from .plan import Plan
-from .report import Section, Table, median
+from .report import Section, Table, median, ratio
 
 MB = 1024 * 1024
 
@@ -33,8 +33,9 @@ def run(plan: Plan) -> Section:
         for server in variants.values():
             servers.wait_echo(server)
         time.sleep(0.2 if plan.smoke else 1.0)  # let boot-time allocations settle
-        for name, server in variants.items():
-            memory.add(name, *memory_of(server))
+        measured = {name: memory_of(server) for name, server in variants.items()}
+        for name, figures in measured.items():
+            memory.add(name, *figures)
         # One window for all three: each is idle while the others are.
         for name, cost in idle_costs(variants, plan.idle_seconds).items():
             idle.add(name, *cost)
@@ -45,8 +46,19 @@ def run(plan: Plan) -> Section:
                         "with the master are not in it.")
     idle.notes.append("Wake-ups = voluntary + involuntary context switches of the master (/proc/PID/status). "
                       "Target: no measurable CPU, at most one wake-up a second.")
-    section.tables += [memory, idle, reloads(plan)]
+    section.tables += [memory, lean(measured), idle, reloads(plan)]
     return section
+
+
+def lean(measured: dict[str, tuple[float, float, float]]) -> Table:
+    """The lean-process goals: an idle worker's USS against the floor's, and the master's RSS."""
+    table = Table("Lean processes (goals)", ["", "measured", "goal"], summary=True)
+    floor_uss = measured["floor (reference)"][1]
+    for name in ("prefork", "prefork --preload"):
+        master_rss, uss, _ = measured[name]
+        table.add(f"{name}: idle worker USS / floor's", ratio(uss, floor_uss), "<= 1.5")
+        table.add(f"{name}: master RSS (MB)", master_rss, "<= 20")
+    return table
 
 
 def memory_of(server: servers.BenchServer) -> tuple[float, float, float]:
