@@ -16,14 +16,13 @@ import selectors
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import TYPE_CHECKING
 
 from . import control, hooks, proctitle
 from .boot import BootPolicy
 from .endpoint import Endpoint
 from .errors import EXIT_OK, ConfigError, describe_status
-from .events import EVENT_BOOTED, EVENT_RETIRE, EventPipe
+from .events import EventPipe
 from .listeners import Listeners
 from .log import Log
 from .peer import Handler
@@ -32,14 +31,12 @@ from .pool import Pool
 from .reload import Generations, give_log_to_workers
 from .scoreboard import Scoreboard
 from .settings import Settings
-from .stats import RESTART_MAX_REQUESTS, Stats
+from .stats import Stats
 from .systemd import Notifier
-from .threaded import any_threaded, make_nonblocking, run_worker
 from .upgrade import Upgrade, upgraded_from
 from .view import Stop, WorkerProcess, generation_booted, settings_for
 from .wakeup import Wakeup
-from .worker import WorkerSpec
-from .worker_table import WorkerTable
+from .worker_table import ForkWith, WorkerTable
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -80,6 +77,8 @@ class Master:
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
         self.hook_server = hooks.Server(self)  # what hooks may read of us
+        self.fork_with = ForkWith(self.listeners, log_, preloaded, self.hook_server, self.pid, self.events.write_fd,
+                                  self.own_fds, HANDLED_SIGNALS)
         self.signal_table: dict[int, Callable[[], None]] = {
             signal.SIGHUP: self.handle_hup,  # reload: new generation, then retire the old
             signal.SIGTERM: self.handle_term,  # graceful stop
@@ -173,14 +172,9 @@ class Master:
 
     def read_worker_events(self) -> None:
         for pid, event in self.events.read():
-            worker = self.workers.get(pid)
-            if worker is None:
-                continue
-            if event == EVENT_BOOTED:
-                self.worker_booted(worker)
-            elif event == EVENT_RETIRE and not worker.replace:
-                worker.replace = True
-                self.stats.restart(RESTART_MAX_REQUESTS)
+            booted = self.table.event(pid, event)
+            if booted is not None:
+                self.worker_booted(booted)
 
     # --- signal handlers (called from the loop, never from signal context) ---
 
@@ -271,34 +265,22 @@ class Master:
     def spawn_missing_workers(self) -> None:
         generation = self.gens.target()
         missing = self.table.missing(generation, self.num_workers)
-        if missing and self.boot.may_spawn(time.monotonic()):
-            for index in missing:
-                self.spawn_worker(index, generation)
-
-    def spawn_worker(self, index: int, generation: int) -> None:
-        record = self.table.new_record(index, generation)
-        if record is None:
+        if not missing or not self.boot.may_spawn(time.monotonic()):
             return
-        settings = settings_for(self, generation)
-        listeners = self.listeners.for_worker(index, settings)
-        if settings.threads > 1 or any_threaded(self):
-            make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
-        hooks.run("pre_fork", settings, self.hook_server, hooks.WorkerInfo.of(record))
-        spec = WorkerSpec(
-            settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
-            index=index, generation=generation, master_pid=self.pid, events_fd=self.events.write_fd, log=self.log,
-            handler=self.preloaded, server=self.hook_server, tls_context=self.gens.context_for(generation),
-            close_fds=(self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(),
-                       *(fd for endpoint in self.endpoints for fd in endpoint.fds())),
-            foreign=tuple(lst for lst in self.listeners.all() if lst not in listeners))
-        try:
-            self.table.fork(record, partial(run_worker, spec), HANDLED_SIGNALS, freeze=self.preloaded is not None)
-        except OSError as exc:
-            log.error("fork failed: %s", exc.strerror)
-            self.boot.fork_failed()
+        settings, tls_context = settings_for(self, generation), self.gens.context_for(generation)
+        for index in missing:
+            try:
+                self.table.spawn(index, generation, settings, tls_context, self.fork_with)
+            except OSError as exc:
+                log.error("fork failed: %s", exc.strerror)
+                self.boot.fork_failed()
+
+    def own_fds(self) -> tuple[int, ...]:
+        """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets)."""
+        endpoint_fds = (fd for endpoint in self.endpoints for fd in endpoint.fds())
+        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds)
 
     def worker_booted(self, worker: WorkerProcess) -> None:
-        worker.booted = True
         self.boot.booted()
         log.info("%s booted", worker.describe())
         self.notifier.report(self)  # READY (and MAINPID after an upgrade) before the old master retires

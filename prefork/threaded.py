@@ -31,7 +31,6 @@ from typing import Any, NoReturn
 from .peer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
-from .view import ServerView
 from .worker import TakeTurns, Worker, WorkerSpec
 
 
@@ -39,11 +38,6 @@ def make_nonblocking(listeners: list[Listener]) -> None:
     """In the master, before forking a threaded worker: O_NONBLOCK is shared by every process."""
     for listener in listeners:
         listener.sock.setblocking(False)
-
-
-def any_threaded(master: ServerView) -> bool:
-    """Whether a threaded worker still runs (a reload from --threads N to 1 must keep O_NONBLOCK)."""
-    return any(master.scoreboard.slots[worker.slot].threads > 1 for worker in master.workers.values())
 
 
 def run_worker(spec: WorkerSpec) -> NoReturn:

@@ -15,16 +15,45 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
+from . import hooks
 from .errors import describe_status
+from .events import EVENT_BOOTED, EVENT_RETIRE
 from .scoreboard import BUSY, Scoreboard
-from .stats import RESTART_DIED, RESTART_MEMORY, RESTART_TIMEOUT, Stats
+from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
+from .threaded import make_nonblocking, run_worker
 from .view import Stop, WorkerProcess
+from .worker import WorkerSpec
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from .listeners import Listeners
+    from .log import Log
+    from .peer import Handler
+    from .settings import Settings
 
 log = logging.getLogger("prefork")
 
 STUCK_KILL_GRACE = 1.0  # seconds between SIGABRT (traceback) and SIGKILL
 MEMORY_CHECK_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class ForkWith:
+    """What every worker is forked with, whatever its generation: the master's part of each WorkerSpec."""
+
+    listeners: Listeners
+    log: Log
+    handler: Handler | None  # --preload: the app the master loaded
+    server: hooks.Server  # what hooks read
+    master_pid: int
+    events_fd: int  # the write end of the event pipe
+    own_fds: Callable[[], tuple[int, ...]]  # the master's descriptors, closed first thing in the child
+    blocked: tuple[int, ...]  # the master's signals, blocked across fork
 
 
 class WorkerTable:
@@ -45,6 +74,24 @@ class WorkerTable:
             log.error("scoreboard full (%d slots): not starting worker %d", self.scoreboard.capacity, index)
             return None
         return WorkerProcess(0, index, generation, slot, time.monotonic())
+
+    def spawn(self, index: int, generation: int, settings: Settings, tls_context: SSLContext | None,
+              base: ForkWith) -> None:
+        """Fork worker ``index`` of ``generation``; OSError if fork failed."""
+        record = self.new_record(index, generation)
+        if record is None:
+            return
+        listeners = base.listeners.for_worker(index, settings)
+        threaded_running = any(self.scoreboard.slots[w.slot].threads > 1 for w in self.workers.values())
+        if settings.threads > 1 or threaded_running:
+            make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
+        hooks.run("pre_fork", settings, base.server, hooks.WorkerInfo.of(record))
+        spec = WorkerSpec(
+            settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
+            index=index, generation=generation, master_pid=base.master_pid, events_fd=base.events_fd,
+            log=base.log, handler=base.handler, server=base.server, tls_context=tls_context,
+            close_fds=base.own_fds(), foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
+        self.fork(record, partial(run_worker, spec), base.blocked, freeze=base.handler is not None)
 
     def fork(self, record: WorkerProcess, child: Callable[[], object], blocked: tuple[int, ...],
              freeze: bool) -> None:
@@ -108,6 +155,19 @@ class WorkerTable:
         have = {w.index for w in self.workers.values()
                 if w.generation == generation and w.stopping is None and not w.replace}
         return [index for index in range(count) if index not in have]
+
+    def event(self, pid: int, event: int) -> WorkerProcess | None:
+        """A worker's message on the event pipe; the worker if it just booted (the master acts on that)."""
+        worker = self.workers.get(pid)
+        if worker is None:
+            return None
+        if event == EVENT_BOOTED:
+            worker.booted = True
+            return worker
+        if event == EVENT_RETIRE and not worker.replace:
+            worker.replace = True  # --max-requests: retired once its replacement booted
+            self.stats.restart(RESTART_MAX_REQUESTS)
+        return None
 
     def indexes(self) -> set[int]:
         return {w.index for w in self.workers.values()}
