@@ -9,10 +9,14 @@ server never gives up: it keeps serving with what it has and retries.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
-from .errors import WORKER_EXIT_APP, AppImportError, BootError, PreforkError
+from .errors import WORKER_EXIT_APP, AppImportError, BootError, PreforkError, describe_status
+from .view import WorkerProcess
+
+log = logging.getLogger("prefork")
 
 MAX_BOOT_FAILURES = 5  # in a row, before any worker ever booted: give up with EXIT_BOOT
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
@@ -50,8 +54,9 @@ class BootPolicy:
         """A worker exited before it booted (whatever the master does about it)."""
         self.failures += 1
 
-    def decide(self, status: int, why: str, app: str) -> PreforkError | float:
-        """After :meth:`count_failure`: the error to halt with, or the seconds to wait before the next fork."""
+    def decide(self, worker: WorkerProcess, status: int, app: str) -> PreforkError | None:
+        """After :meth:`count_failure`: the error to halt with, or None (the next fork waits a while)."""
+        why = describe_status(status)
         if not self.ever_booted:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_EXIT_APP:
                 return AppImportError(f"workers could not import the app {app!r}")
@@ -59,4 +64,5 @@ class BootPolicy:
                 return BootError(f"workers failed to boot {self.failures} times in a row (last: {why}); giving up")
         delay: float = min(BACKOFF_START * 2.0 ** (self.failures - 1), BACKOFF_MAX)
         self.spawn_not_before = time.monotonic() + delay
-        return delay
+        log.error("%s exited during boot (%s); retrying in %.1fs", worker.describe(), why, delay)
+        return None

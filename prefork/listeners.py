@@ -115,6 +115,19 @@ class Listeners:
             for listener in self.own_sockets(self.per_index.pop(index)):
                 listener.sock.close()
 
+    def stop_serving(self, shared_with_another_master: bool) -> None:
+        """The server stops: no new clients once the workers have drained what is queued.
+
+        If another master serves on these sockets (the one a USR2 started, or the one that
+        started us and that we have not yet told to retire), its workers block on them too and
+        O_NONBLOCK is shared by all: touch nothing, never unlink, just close our copies.
+        """
+        if shared_with_another_master:
+            self.let_go()
+            self.close_ours()
+        else:
+            self.stop_accepting()
+
     def stop_accepting(self) -> None:
         """Shutdown: workers drain the queues with non-blocking accepts; new clients are refused
         once the last copy of each socket closes."""

@@ -15,7 +15,7 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import control, hooks, proctitle
@@ -101,13 +101,8 @@ class Master:
     new_master = property(lambda self: self.upgrade.new_master)
     replaces = property(lambda self: self.upgrade.replaces)
 
-    @property
-    def workers(self) -> Mapping[int, WorkerProcess]:
-        return self.table.workers
-
-    @property
-    def listener_names(self) -> Sequence[str]:
-        return [listener.name for listener in self.listeners.shared]
+    workers = property(lambda self: self.table.workers)  # pid -> WorkerProcess
+    listener_names = property(lambda self: [listener.name for listener in self.listeners.shared])
 
     # --- the loop ---
 
@@ -293,23 +288,19 @@ class Master:
                 self.reclaim_control_socket()
             elif worker is not None:
                 if not worker.booted and worker.stopping is None:
-                    self.boot_failed(worker, describe_status(status), status)
+                    self.boot_failed(worker, status)
                 self.listeners.close_slots(self.num_workers, self.table.indexes())
                 hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
-    def boot_failed(self, worker: WorkerProcess, why: str, status: int) -> None:
+    def boot_failed(self, worker: WorkerProcess, status: int) -> None:
         self.boot.count_failure()
         self.stats.boot_failures += 1
         if worker.generation == self.pending:
-            failure = f"{worker.describe()} exited during boot ({why})"
+            failure = f"{worker.describe()} exited during boot ({describe_status(status)})"
             self.abandon_pending(failure)
             self.notifier.reload_failed(self, failure)
-        elif not self.stopping:
-            decision = self.boot.decide(status, why, self.settings.app)
-            if isinstance(decision, Exception):
-                self.halt(decision)
-            else:
-                log.error("%s exited during boot (%s); retrying in %.1fs", worker.describe(), why, decision)
+        elif not self.stopping and (error := self.boot.decide(worker, status, self.settings.app)) is not None:
+            self.halt(error)
 
     def reclaim_control_socket(self) -> None:
         """After a failed upgrade: the new master may have taken our control socket's path."""
@@ -326,17 +317,10 @@ class Master:
     def stop_all(self, how: Stop) -> None:
         first = self.stopping is None
         self.stopping = Stop.FAST if how is Stop.FAST else (self.stopping or Stop.GRACEFUL)
-        if first and not self.upgrade.under_way:
-            # Workers drain what the kernel queued, with non-blocking accepts, then leave;
-            # new clients are refused once the last copy of each listener closes.
-            self.scoreboard.header.shutting_down = 1
-            self.listeners.stop_accepting()
-        elif first:
-            # Another master serves on these sockets (the one we started, or the one that started us
-            # and that we have not yet told to retire): its workers block on them too, and O_NONBLOCK
-            # is shared by all. Touch nothing, never unlink, just let our workers finish and leave.
-            self.listeners.let_go()
-            self.listeners.close_ours()
+        if first:
+            # Workers drain what the kernel queued, then leave (unless another master shares our sockets).
+            self.scoreboard.header.shutting_down = int(not self.upgrade.under_way)
+            self.listeners.stop_serving(shared_with_another_master=self.upgrade.under_way)
         self.table.stop_all(how, self.settings.graceful_timeout)
         if first:
             self.notifier.stopping(self)  # after stopping the workers: the drain's deadlines are known

@@ -31,7 +31,8 @@ from typing import Any, NoReturn
 from .peer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
-from .worker import TakeTurns, Worker, WorkerSpec
+from .turns import TakeTurns
+from .worker import Worker, WorkerSpec
 
 
 def make_nonblocking(listeners: list[Listener]) -> None:

@@ -7,7 +7,6 @@ never returns into the master's code: :meth:`Worker.run` always leaves through
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import faulthandler
 import logging
@@ -28,9 +27,11 @@ from .events import EVENT_BOOTED, EVENT_RETIRE
 from .importer import load_handler
 from .log import Log
 from .peer import Handler, format_peer
+from .process import open_fds, set_parent_death_signal
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
 from .sockets import Listener
+from .turns import TakeTurns
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -42,17 +43,11 @@ TRANSIENT_ACCEPT_ERRORS = {
     errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EMFILE,
     errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ENETDOWN,
 }
-PR_SET_PDEATHSIG = 1
 # How long a kept-alive connection may still send its next request once another
 # connection queues (see Worker.await_next). Closing it instead races with a request
 # being sent; a busy client sends within this even on a loaded machine (5 ms did not:
 # wrk saw closes without an answer), and a queued connection waits at most this long.
 KEEPALIVE_GRACE = 0.1
-
-
-# With several listeners, how often a worker moves to the back of the listeners' wait
-# queues (see TakeTurns): often enough to take turns, rarely enough to cost nothing.
-REQUEUE_INTERVAL = 0.002
 
 
 class StopServing(BaseException):
@@ -152,7 +147,7 @@ class Worker:
         bind = getattr(handler, "bind_worker", None)
         if bind is not None:
             handler = bind(self)
-        self.known_fds = set(_open_fds())
+        self.known_fds = set(open_fds())
         self.slot.state = IDLE
         self.tell_master(EVENT_BOOTED)
         log.debug("booted")
@@ -302,7 +297,7 @@ class Worker:
         local address is one of our listeners') and serve it rather than drop it.
         """
         wanted = {_local_key(listener.sock) for listener in self.listeners}
-        for fd in _open_fds():
+        for fd in open_fds():
             if fd in self.known_fds:
                 continue
             try:
@@ -481,39 +476,6 @@ def conn_only(conn: socket.socket) -> select.poll:
     return poller
 
 
-def set_parent_death_signal(sig: int) -> None:
-    """Ask Linux to send ``sig`` when the master dies, so no worker outlives it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the event pipe write fails once the master is gone
-
-
-class TakeTurns:
-    """Let the workers (and threads) waiting on the same listeners with EPOLLEXCLUSIVE take turns.
-
-    The kernel wakes the first idle waiter in a listener's wait queue, whose order
-    is that of registration and never changes: the same few workers would take
-    nearly every connection. Registering again after serving moves us behind every
-    waiter that has waited longer, so connections go round the idle ones, as with
-    blocking accept(). At most every REQUEUE_INTERVAL: two epoll_ctl calls on every
-    connection would cost more than the rest of our per-connection work.
-    """
-
-    def __init__(self, poller: select.epoll) -> None:
-        self.poller = poller
-        self.next_at = 0.0
-
-    def served(self, fd: int) -> None:
-        """A connection from listener ``fd`` was served: go to the back of its queue, now and then."""
-        now = time.monotonic()
-        if now >= self.next_at:
-            self.poller.unregister(fd)
-            self.poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            self.next_at = now + REQUEUE_INTERVAL
-
-
 def _socket_kind(listener: socket.socket) -> tuple[int, int, int]:
     """What ``socket.socket(*kind, fileno=fd)`` needs to wrap an accepted fd without a system call.
 
@@ -521,22 +483,6 @@ def _socket_kind(listener: socket.socket) -> tuple[int, int, int]:
     the rest of our per-connection bookkeeping together: read them once per worker.
     """
     return int(listener.family), int(listener.type), listener.proto
-
-
-def _open_fds() -> list[int]:
-    """Our open descriptors (Linux), without the one listdir used to read them."""
-    try:
-        listed = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return []
-    open_now = []
-    for fd in listed:
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue
-        open_now.append(fd)
-    return open_now
 
 
 def _local_key(sock: socket.socket) -> tuple[int, Any]:
