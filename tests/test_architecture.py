@@ -7,6 +7,7 @@ Every import counts: at module level, inside functions, and under ``TYPE_CHECKIN
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import prefork
@@ -97,3 +98,12 @@ def test_no_import_cycle() -> None:
 def test_a_cycle_is_found() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_readme_architecture_names_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([a-z_]+\.py)`", section))
+    modules = {path.name for path in PACKAGE.glob("*.py")} - {"__init__.py"}
+    assert modules - named == set(), f"README's Architecture does not mention {sorted(modules - named)}"
+    assert named - modules == set(), f"README's Architecture names modules that do not exist: {sorted(named - modules)}"
