@@ -210,17 +210,10 @@ class Master:
             self.reclaim_control_socket()
 
     def handle_winch(self) -> None:
-        """Our upgraded successor serves: retire our workers gracefully and exit.
-
-        WINCH also comes from terminal resizes, so it means nothing unless we started an upgrade.
-        """
-        if self.new_master is None or self.stopping:
-            return
-        log.info("upgrade: new master (pid %d) is serving; retiring this one", self.new_master)
-        self.notifier.hand_over()  # it speaks for the service now: our STOPPING=1 would stop it too
-        proctitle.set_title(f"master (old) [{self.settings.proc_name}]")
-        self.listeners.let_go()  # the new master holds them now: never unlink
-        self.stop_all(Stop.GRACEFUL)
+        """From our upgraded successor (once it serves): retire; from a terminal resize: nothing."""
+        if not self.stopping and self.upgrade.replaced(self.notifier, self.settings.proc_name):
+            self.listeners.let_go()  # the new master holds them now: never unlink
+            self.stop_all(Stop.GRACEFUL)
 
     def handle_hup(self) -> None:
         if self.stopping:

@@ -17,10 +17,15 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
+from . import proctitle
 from .errors import describe_status
 from .pidfile import Pidfile
 from .sockets import SD_LISTEN_FDS_START, Listener
+
+if TYPE_CHECKING:
+    from .systemd import Notifier
 
 log = logging.getLogger("prefork")
 
@@ -106,6 +111,19 @@ class Upgrade:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         log.info("upgrade: started new master (pid %d); serving until it is ready", self.new_master)
+        return True
+
+    def replaced(self, notifier: Notifier, proc_name: str) -> bool:
+        """WINCH: if we started an upgrade, our successor serves now. Fall silent and say so (True): the
+        caller leaves it our sockets, retires our workers gracefully and exits.
+
+        WINCH also comes from terminal resizes, so it means nothing unless we started an upgrade.
+        """
+        if self.new_master is None:
+            return False
+        log.info("upgrade: new master (pid %d) is serving; retiring this one", self.new_master)
+        notifier.hand_over()  # it speaks for the service now: our STOPPING=1 would stop it too
+        proctitle.set_title(f"master (old) [{proc_name}]")
         return True
 
     def failed(self, pidfile: Pidfile | None, why: str = "") -> None:
