@@ -31,7 +31,7 @@ def parse(data: bytes, limits: Limits = CONFIG.limits) -> RequestReader:
 
 
 def test_pipelined_requests_are_queued_in_order() -> None:
-    reader = parse(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /c HT")
+    reader = parse(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /c HT")
     assert [(r.method, r.url, r.version) for r in reader.queue] == [("GET", b"/a", "1.1"), ("POST", b"/b", "1.1")]
     assert list(reader.queue[1].body_chunks) == [b"hi"] and reader.queue[1].complete
     assert reader.partial and reader.error is None  # /c is on its way
@@ -49,7 +49,7 @@ def test_limits_and_smuggling(data: bytes, status: int) -> None:
 
 
 def test_zero_limits_mean_none() -> None:
-    reader = parse(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nX: " + b"y" * 10_000 + b"\r\n\r\n", Limits(0, 0, 0))
+    reader = parse(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 10_000 + b"\r\n\r\n", Limits(0, 0, 0))
     assert reader.error is None and len(reader.queue) == 1
 
 
@@ -107,7 +107,7 @@ def test_access_log_atoms() -> None:
     class Conn:  # Exchange reads nothing from it until it sends
         pass
 
-    exchange = Exchange(Conn(), parse(b"GET / HTTP/1.1\r\n\r\n").queue[0])  # type: ignore[arg-type]
+    exchange = Exchange(Conn(), parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").queue[0])  # type: ignore[arg-type]
     exchange.status, exchange.headers, exchange.sent = "404 Not Found", [("X-Out", "o")], 0
     line = '%(h)s %(r)s %(s)s %(b)s %(a)s %({x-id}i)s %({X-Out}o)s %(U)s %(q)s'
     assert line % Atoms(env, exchange, 0.0, 0.5) == "10.9.8.7 GET /p?q=1 HTTP/1.1 404 - ua 7 o /p q=1"
