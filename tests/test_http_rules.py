@@ -94,7 +94,8 @@ def test_trailers_in_a_read_of_their_own_are_dropped(web: Server) -> None:
 
 def test_upgrade_body_in_a_later_read_reaches_the_app(web: Server) -> None:
     with connect(web.address) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 7\r\n\r\nabc")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                     b"Content-Length: 7\r\n\r\nabc")
         sock.sendall(b"defg")
         answers = parse_responses(read_until_closed(sock))
     assert json.loads(answers[0][2])["body"] == "abcdefg"

@@ -31,7 +31,8 @@ def parse(data: bytes, limits: Limits = CONFIG.limits) -> RequestReader:
 
 
 def test_pipelined_requests_are_queued_in_order() -> None:
-    reader = parse(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /c HT")
+    reader = parse(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /c HT")
     assert [(r.method, r.url, r.version) for r in reader.queue] == [("GET", b"/a", "1.1"), ("POST", b"/b", "1.1")]
     assert list(reader.queue[1].body_chunks) == [b"hi"] and reader.queue[1].complete
     assert reader.partial and reader.error is None  # /c is on its way
@@ -49,7 +50,8 @@ def test_limits_and_smuggling(data: bytes, status: int) -> None:
 
 
 def test_zero_limits_mean_none() -> None:
-    reader = parse(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 10_000 + b"\r\n\r\n", Limits(0, 0, 0))
+    data = b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 10_000 + b"\r\n\r\n"
+    reader = parse(data, Limits(0, 0, 0))
     assert reader.error is None and len(reader.queue) == 1
 
 
