@@ -52,8 +52,9 @@ class Limits(NamedTuple):
         return self.line + 2 + self.fields * (self.field_size + 2) + 2
 
 
-# Lengths of the field names the rules look at: host, expect, content-length, transfer-encoding.
-WATCHED_LENGTHS = frozenset((4, 6, 14, 17))
+# The field names the rules look at, and their lengths (a name of another length is not lowered).
+WATCHED_NAMES = frozenset((b"host", b"expect", b"content-length", b"transfer-encoding"))
+WATCHED_LENGTHS = frozenset(len(name) for name in WATCHED_NAMES)
 OWS_BYTES = (0x20, 0x09)  # SP, HTAB: a field value's trailing whitespace is not part of it (RFC 9112 5)
 KNOWN_CODINGS = (b"chunked",)  # the transfer codings we decode; any other is answered 501 (RFC 9110 15.6.2)
 
@@ -184,7 +185,9 @@ class RequestReader:
         if limits.fields and len(request.headers) > limits.fields:
             raise HTTPError(431, "too many header fields")
         if len(name) in WATCHED_LENGTHS:
-            self.watch(request, name.lower(), value)
+            lower = name.lower()
+            if lower in WATCHED_NAMES:
+                self.watch(request, lower, value)
 
     def watch(self, request: Request, name: bytes, value: bytes) -> None:
         """Note the fields whose rules are checked once the head is whole."""
