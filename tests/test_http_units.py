@@ -113,3 +113,28 @@ def test_access_log_atoms() -> None:
     exchange.status, exchange.headers, exchange.sent = "404 Not Found", [("X-Out", "o")], 0
     line = '%(h)s %(r)s %(s)s %(b)s %(a)s %({x-id}i)s %({X-Out}o)s %(U)s %(q)s'
     assert line % Atoms(env, exchange, 0.0, 0.5) == "10.9.8.7 GET /p?q=1 HTTP/1.1 404 - ua 7 o /p q=1"
+
+
+PIPELINE = (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\r\n"
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2; x = y\r\nhi\r\n0\r\nT: 1\r\n\r\n"
+            b"POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n!\r\n0\r\n\r\n"
+            b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok"
+            b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+PIPELINED = [(b"/a", b""), (b"/b", b"abc"), (b"/c", b"hi"), (b"/d", b"!"), (b"/e", b"ok"), (b"/f", b"")]
+
+
+def read_in_pieces(pieces: list[bytes]) -> list[tuple[bytes, bytes]]:
+    reader = RequestReader(CONFIG.limits)
+    for piece in pieces:
+        reader.feed(piece)
+    assert reader.error is None and all(request.complete for request in reader.queue)
+    return [(request.url, b"".join(request.body_chunks)) for request in reader.queue]
+
+
+def test_chunked_bodies_read_by_prefork_are_found_however_the_bytes_arrive() -> None:
+    """Where a chunked body starts is found by walking the heads llhttp completed in the same read."""
+    assert read_in_pieces([PIPELINE]) == PIPELINED
+    for cut in range(1, len(PIPELINE)):
+        assert read_in_pieces([PIPELINE[:cut], PIPELINE[cut:]]) == PIPELINED, cut
+    assert read_in_pieces([PIPELINE[i:i + 1] for i in range(len(PIPELINE))]) == PIPELINED

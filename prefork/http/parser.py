@@ -4,12 +4,17 @@ llhttp already refuses what request smuggling relies on (Content-Length with
 Transfer-Encoding, conflicting Content-Lengths, bad chunk sizes, obs-fold,
 bare LF): those, and any other syntax error, become :class:`HTTPError` 400 and
 end the connection. Where llhttp is looser than RFC 9110/9112, the callbacks
-below enforce the rule (the README's HTTP rule table lists them all): trailer
-fields never join the header section, trailing whitespace is not part of a
-field value, one Host (required in HTTP/1.1), only the chunked transfer coding
-and only as the last one, no Transfer-Encoding in HTTP/1.0, HTTP/1.x only.
-The checks cost a length test per field and a few comparisons per request: a
-field name is lowered only when its length is that of a field we look at.
+below enforce the rule (the README's HTTP rule table lists them all): trailing
+whitespace is not part of a field value, one Host (required in HTTP/1.1), only
+the chunked transfer coding and only as the last one, no Transfer-Encoding in
+HTTP/1.0, HTTP/1.x only. The checks cost a length test per field and a few
+comparisons per request: a field name is lowered only when its length is that
+of a field we look at.
+
+Where llhttp is stricter, prefork reads the body itself (framing.py): llhttp
+stops at the end of a chunked request's head (we raise from its callback) or
+of an Upgrade request's head. Chunked bodies are rare, so finding where such a
+body starts in the bytes llhttp was given costs nothing on the common path.
 
 The limits are checked as the bytes arrive, so an over-long line or header is
 refused before it is whole.
@@ -23,9 +28,12 @@ stays bounded by one read.
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import httptools
+
+if TYPE_CHECKING:
+    from .framing import ChunkedBody, LengthBody
 
 
 class HTTPError(Exception):
@@ -59,15 +67,15 @@ OWS_BYTES = (0x20, 0x09)  # SP, HTAB: a field value's trailing whitespace is not
 KNOWN_CODINGS = (b"chunked",)  # the transfer codings we decode; any other is answered 501 (RFC 9110 15.6.2)
 
 
-class UpgradeBodyRead(Exception):
-    """Raised from a callback to stop llhttp after the body of a request that asked for Upgrade."""
+class ChunkedHead(Exception):
+    """Raised from a callback to stop llhttp at the end of a chunked request's head: we read its body."""
 
 
 class Request:
     """One parsed request: its head, and its body as it arrives."""
 
     __slots__ = ("body_chunks", "complete", "content_length", "continue_sent", "discard", "expect_continue",
-                 "has_host", "headers", "keep_alive", "method", "transfer_encoding", "url", "version")
+                 "has_host", "headers", "keep_alive", "method", "received", "transfer_encoding", "url", "version")
 
     def __init__(self) -> None:
         self.method = ""
@@ -81,7 +89,8 @@ class Request:
         self.complete = False  # the whole body has been parsed
         self.discard = False  # the application is done: drop body bytes still arriving
         self.has_host = False
-        self.content_length = b""  # the field's value, kept for a request llhttp stops at (Upgrade)
+        self.content_length = b""  # the field's value, for finding where a body ends when llhttp does not
+        self.received = 0  # body bytes llhttp has handed over
         self.transfer_encoding: bytes | None = None  # every Transfer-Encoding field line, joined with ","
 
 
@@ -99,19 +108,25 @@ class RequestReader:
         self.head_started = False  # a head has begun but is not complete
         self.error: HTTPError | None = None  # set once: the connection answers it and ends
         self.upgraded = False  # Upgrade or CONNECT asked: no request is parsed after this one
-        self.resumed: Request | None = None  # that request, while we still parse its body
+        self.own: LengthBody | ChunkedBody | None = None  # the body we read ourselves, while it lasts
         self.data = b""  # the bytes being fed (read only to tell an HTTP/0.9 line from "HTTP/0.9")
+        # Where llhttp was when the bytes being fed began: how many queued heads, whether a head
+        # had begun (and its last bytes), how much of a body was still to come.
+        self.mark = 0
+        self.started_in_head = False
+        self.tail = b""
+        self.body_left = 0
 
     def new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
-        # "5 ;ext" is valid (BWS before ";", RFC 9112 7.1.1); any HTTP/d.d reaches on_headers_complete,
-        # which answers 505 for a major version other than 1 (llhttp would answer 400).
-        parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True, lenient_version=True)
+        # Any HTTP/d.d reaches on_headers_complete, which answers 505 for a major version other than 1
+        # (llhttp would answer 400).
+        parser.set_dangerous_leniencies(lenient_version=True)
         return parser
 
     @property
     def usable(self) -> bool:
-        return self.error is None and (not self.upgraded or self.resumed is not None)
+        return self.error is None and (not self.upgraded or self.own is not None)
 
     @property
     def partial(self) -> bool:
@@ -120,44 +135,93 @@ class RequestReader:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; a bad request sets :attr:`error` instead of raising."""
-        if not self.usable:
-            return
+        try:
+            while data and self.usable:
+                own = self.own
+                if own is None:
+                    data = self.feed_parser(data)
+                    continue
+                rest = own.feed(data)
+                if rest is None:
+                    return
+                self.end_own_body(own.request)
+                data = rest
+        except HTTPError as exc:  # from a body we read ourselves
+            self.error = exc
+
+    def feed_parser(self, data: bytes) -> bytes:
+        """Feed llhttp; what follows the head of a request whose body we read ourselves (else b"")."""
         if self.in_head:
             self.head_bytes += len(data)
+            self.body_left = 0
+        else:  # in a Content-Length body begun in an earlier read
+            assert self.current is not None
+            self.body_left = int(self.current.content_length or b"0") - self.current.received
         self.data = data
+        self.mark = len(self.queue)
+        self.started_in_head = self.head_started
+        rest = b""
         try:
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                self.upgraded = True
-                self.read_upgrade_body(data[exc.args[0]:])
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True  # llhttp skipped its body, as if the protocol had switched
+            rest = self.read_body_ourselves(data[exc.args[0]:])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if not isinstance(cause, UpgradeBodyRead):
+            if isinstance(cause, ChunkedHead):
+                rest = self.read_body_ourselves(data[self.body_offset(data):])
+            else:
                 self.error = cause if isinstance(cause, HTTPError) else HTTPError(400, str(cause or exc))
         except httptools.HttpParserError as exc:
             self.error = HTTPError(400, str(exc) or type(exc).__name__)
         if self.error is None and self.in_head and self.max_head and self.head_bytes > self.max_head:
             self.error = HTTPError(431, "request head too large")
+        if self.head_started:
+            self.tail = data[-3:]
+        return rest
 
-    def read_upgrade_body(self, rest: bytes) -> None:
-        """llhttp stopped after the head of a request asking for Upgrade (or CONNECT), skipping its body.
+    def read_body_ourselves(self, rest: bytes) -> bytes:
+        """The last queued request's body is ours to read (chunked, or after Upgrade): start at ``rest``."""
+        from .framing import ChunkedBody, LengthBody  # framing imports this module
 
-        We never switch protocols (RFC 9110 7.8 lets a server ignore Upgrade), but
-        the body is this request's: a new parser reads it, told its framing by a
-        head of our own, and stops at its end (nothing after it is parsed).
-        """
         request = self.queue[-1]
         if request.transfer_encoding is not None:
-            framing = b"Transfer-Encoding: chunked"
+            self.own = ChunkedBody(request, self.limits)
         elif request.content_length.strip(b"0"):
-            framing = b"Content-Length: " + request.content_length
+            self.own = LengthBody(request, int(request.content_length))
         else:
-            return
+            return b""  # an Upgrade without a body: nothing more to read
         request.complete = False
-        self.resumed = request
-        self.parser = self.new_parser()
-        self.parser.feed_data(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n\r\n" + rest)
+        self.in_head = False
+        return rest
+
+    def end_own_body(self, request: Request) -> None:
+        request.complete = True
+        self.own = None
+        self.in_head = True
+        self.head_bytes = 0
+        if not self.upgraded:
+            self.parser = self.new_parser()  # the old one stopped with an error at the head's end
+
+    def body_offset(self, data: bytes) -> int:
+        """Where, in ``data``, the body of the chunked request llhttp stopped at begins.
+
+        llhttp does not say where it stopped, so we walk the heads it completed
+        in ``data``: each ends at the first empty line (llhttp refuses bare LF), each
+        Content-Length body is that long. Only a chunked request pays for this.
+        """
+        pos = self.body_left
+        heads = list(self.queue)[self.mark:]
+        for index, request in enumerate(heads):
+            if index == 0 and self.started_in_head:
+                pos = (self.tail + data).find(b"\r\n\r\n") + 4 - len(self.tail)
+            else:
+                while data[pos:pos + 1] in (b"\r", b"\n"):
+                    pos += 1  # empty lines before a request line
+                pos = data.find(b"\r\n\r\n", pos) + 4
+            if index < len(heads) - 1:
+                pos += int(request.content_length or b"0")
+        return pos
 
     # --- httptools callbacks ---
 
@@ -175,15 +239,13 @@ class RequestReader:
         request = self.current
         assert request is not None
         limits = self.limits
-        if limits.field_size and len(name) + len(value) + 2 > limits.field_size:
-            raise HTTPError(431, "header field too large")
-        if not self.head_started:
-            return  # a trailer field: never merged into the header section (RFC 9110 6.5.1), dropped
         if value and value[-1] in OWS_BYTES:
             value = value.rstrip(b" \t")
         request.headers.append((name, value))
         if limits.fields and len(request.headers) > limits.fields:
             raise HTTPError(431, "too many header fields")
+        if limits.field_size and len(name) + len(value) + 2 > limits.field_size:
+            raise HTTPError(431, "header field too large")
         if len(name) in WATCHED_LENGTHS:
             lower = name.lower()
             if lower in WATCHED_NAMES:
@@ -204,10 +266,6 @@ class RequestReader:
             request.transfer_encoding = value if te is None else te + b"," + value
 
     def on_headers_complete(self) -> None:
-        if self.resumed is not None:  # our own head before an upgrade request's body: the body is its
-            self.current = self.resumed
-            self.in_head = self.head_started = False
-            return
         request = self.current
         assert request is not None
         parser = self.parser
@@ -227,10 +285,14 @@ class RequestReader:
         self.in_head = self.head_started = False
         self.head_bytes = 0
         self.queue.append(request)
+        if request.transfer_encoding is not None:
+            self.upgraded = parser.should_upgrade()  # llhttp has not stopped for it yet
+            raise ChunkedHead
 
     def on_body(self, body: bytes) -> None:
         request = self.current
         assert request is not None
+        request.received += len(body)
         if not request.discard:
             request.body_chunks.append(body)
 
@@ -238,9 +300,6 @@ class RequestReader:
         assert self.current is not None
         self.current.complete = True
         self.in_head = True
-        if self.resumed is not None:
-            self.resumed = None
-            raise UpgradeBodyRead  # parse nothing after it
 
     def checked_version(self, version: str) -> str:
         """HTTP/1.0 as itself, any other 1.x as 1.1 (RFC 9110 2.5); else 505, or 400 with no version."""
