@@ -63,7 +63,6 @@ class Limits(NamedTuple):
 # The field names the rules look at, and their lengths (a name of another length is not lowered).
 WATCHED_NAMES = frozenset((b"host", b"expect", b"content-length", b"transfer-encoding"))
 WATCHED_LENGTHS = frozenset(len(name) for name in WATCHED_NAMES)
-OWS_BYTES = (0x20, 0x09)  # SP, HTAB: a field value's trailing whitespace is not part of it (RFC 9112 5)
 KNOWN_CODINGS = (b"chunked",)  # the transfer codings we decode; any other is answered 501 (RFC 9110 15.6.2)
 
 
@@ -239,7 +238,7 @@ class RequestReader:
         request = self.current
         assert request is not None
         limits = self.limits
-        if value and value[-1] in OWS_BYTES:
+        if value[-1:] <= b" ":  # ends in SP or HTAB (or is empty): llhttp keeps trailing whitespace
             value = value.rstrip(b" \t")
         request.headers.append((name, value))
         if limits.fields and len(request.headers) > limits.fields:
