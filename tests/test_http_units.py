@@ -137,4 +137,8 @@ def test_chunked_bodies_read_by_prefork_are_found_however_the_bytes_arrive() -> 
     assert read_in_pieces([PIPELINE]) == PIPELINED
     for cut in range(1, len(PIPELINE)):
         assert read_in_pieces([PIPELINE[:cut], PIPELINE[cut:]]) == PIPELINED, cut
-    assert read_in_pieces([PIPELINE[i:i + 1] for i in range(len(PIPELINE))]) == PIPELINED
+    head, body = PIPELINE.split(b"chunked\r\n\r\n", 1)  # the empty line ending /c's head, a byte at a time
+    pieces = [head + b"chunked", b"\r", b"\n", b"\r", b"\n" + body]
+    assert read_in_pieces(pieces) == PIPELINED
+    for size in (1, 2, 3, 5):
+        assert read_in_pieces([PIPELINE[i:i + size] for i in range(0, len(PIPELINE), size)]) == PIPELINED, size

@@ -175,8 +175,8 @@ class RequestReader:
             self.error = HTTPError(400, str(exc) or type(exc).__name__)
         if self.error is None and self.in_head and self.max_head and self.head_bytes > self.max_head:
             self.error = HTTPError(431, "request head too large")
-        if self.head_started:
-            self.tail = data[-3:]
+        if self.head_started:  # the head goes on in the next read: keep what may begin its empty line
+            self.tail = (self.tail + data)[-3:]
         return rest
 
     def read_body_ourselves(self, rest: bytes) -> bytes:
