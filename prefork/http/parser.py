@@ -247,16 +247,16 @@ class RequestReader:
             raise HTTPError(431, "header field too large")
         if len(name) in WATCHED_LENGTHS:
             lower = name.lower()
-            if lower in WATCHED_NAMES:
+            if lower == b"host":  # every request has one: no call for it
+                if request.has_host:
+                    raise HTTPError(400, "more than one Host field")
+                request.has_host = True
+            elif lower in WATCHED_NAMES:
                 self.watch(request, lower, value)
 
     def watch(self, request: Request, name: bytes, value: bytes) -> None:
         """Note the fields whose rules are checked once the head is whole."""
-        if name == b"host":
-            if request.has_host:
-                raise HTTPError(400, "more than one Host field")
-            request.has_host = True
-        elif name == b"expect":
+        if name == b"expect":
             request.expect_continue = value.lower() == b"100-continue"
         elif name == b"content-length":
             request.content_length = value
