@@ -83,12 +83,16 @@ def test_endless_header_is_refused_before_it_ends(web: Server, pid: int) -> None
 @pytest.mark.parametrize("payload", [
     b"HELLO\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
-    b"GET / HTTP/9.9\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello to the plain port
-], ids=["garbage", "no-colon", "version", "negative-length", "tls"])
+], ids=["garbage", "no-colon", "no-host", "negative-length", "tls"])
 def test_malformed_request_is_400(web: Server, pid: int, payload: bytes) -> None:
     assert status_of(web, payload) == 400
+
+
+def test_other_major_version_is_505(web: Server, pid: int) -> None:
+    assert status_of(web, b"GET / HTTP/9.9\r\nHost: x\r\n\r\n") == 505
 
 
 def test_content_length_with_transfer_encoding_is_400_and_closed(web: Server, pid: int) -> None:

@@ -32,7 +32,8 @@ def parse(data: bytes, limits: Limits = CONFIG.limits) -> RequestReader:
 
 
 def test_pipelined_requests_are_queued_in_order() -> None:
-    reader = parse(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /c HT")
+    reader = parse(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /c HT")
     assert [(r.method, r.url, r.version) for r in reader.queue] == [("GET", b"/a", "1.1"), ("POST", b"/b", "1.1")]
     assert list(reader.queue[1].body_chunks) == [b"hi"] and reader.queue[1].complete
     assert reader.partial and reader.error is None  # /c is on its way
@@ -50,7 +51,8 @@ def test_limits_and_smuggling(data: bytes, status: int) -> None:
 
 
 def test_zero_limits_mean_none() -> None:
-    reader = parse(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nX: " + b"y" * 10_000 + b"\r\n\r\n", Limits(0, 0, 0))
+    data = b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 10_000 + b"\r\n\r\n"
+    reader = parse(data, Limits(0, 0, 0))
     assert reader.error is None and len(reader.queue) == 1
 
 
@@ -108,7 +110,36 @@ def test_access_log_atoms() -> None:
     class Conn:  # Exchange reads nothing from it until it sends
         pass
 
-    exchange = Exchange(Conn(), parse(b"GET / HTTP/1.1\r\n\r\n").queue[0])  # type: ignore[arg-type]
+    exchange = Exchange(Conn(), parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").queue[0])  # type: ignore[arg-type]
     exchange.status, exchange.headers, exchange.sent = "404 Not Found", [("X-Out", "o")], 0
     line = '%(h)s %(r)s %(s)s %(b)s %(a)s %({x-id}i)s %({X-Out}o)s %(U)s %(q)s'
     assert line % Atoms(env, exchange, 0.0, 0.5) == "10.9.8.7 GET /p?q=1 HTTP/1.1 404 - ua 7 o /p q=1"
+
+
+PIPELINE = (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\r\n"
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2; x = y\r\nhi\r\n0\r\nT: 1\r\n\r\n"
+            b"POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n!\r\n0\r\n\r\n"
+            b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok"
+            b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+PIPELINED = [(b"/a", b""), (b"/b", b"abc"), (b"/c", b"hi"), (b"/d", b"!"), (b"/e", b"ok"), (b"/f", b"")]
+
+
+def read_in_pieces(pieces: list[bytes]) -> list[tuple[bytes, bytes]]:
+    reader = RequestReader(CONFIG.limits)
+    for piece in pieces:
+        reader.feed(piece)
+    assert reader.error is None and all(request.complete for request in reader.queue)
+    return [(request.url, b"".join(request.body_chunks)) for request in reader.queue]
+
+
+def test_chunked_bodies_read_by_prefork_are_found_however_the_bytes_arrive() -> None:
+    """Where a chunked body starts is found by walking the heads llhttp completed in the same read."""
+    assert read_in_pieces([PIPELINE]) == PIPELINED
+    for cut in range(1, len(PIPELINE)):
+        assert read_in_pieces([PIPELINE[:cut], PIPELINE[cut:]]) == PIPELINED, cut
+    head, body = PIPELINE.split(b"chunked\r\n\r\n", 1)  # the empty line ending /c's head, a byte at a time
+    pieces = [head + b"chunked", b"\r", b"\n", b"\r", b"\n" + body]
+    assert read_in_pieces(pieces) == PIPELINED
+    for size in (1, 2, 3, 5):
+        assert read_in_pieces([PIPELINE[i:i + size] for i in range(0, len(PIPELINE), size)]) == PIPELINED, size

@@ -125,3 +125,21 @@ def hello(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]
     """The benchmark's hello world."""
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"Hello, world!\n"]
+
+
+def record(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    """What the application saw of the request, as JSON (tests/test_http_rules.py, test_http_differential.py).
+
+    ``fields``: every ``HTTP_*``, ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` key; ``body``: the
+    whole of ``wsgi.input``, latin-1.
+    """
+    fields = {key: value for key, value in environ.items()
+              if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")}
+    seen = {"method": environ["REQUEST_METHOD"], "target": environ["RAW_URI"], "path": environ["PATH_INFO"],
+            "query": environ["QUERY_STRING"], "protocol": environ["SERVER_PROTOCOL"],
+            "server_name": environ["SERVER_NAME"], "remote_addr": environ["REMOTE_ADDR"],
+            "fields": fields, "body": read_all(environ).decode("latin-1")}
+    if environ["PATH_INFO"] == "/stream":  # no Content-Length: chunked, or close-delimited for HTTP/1.0
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return iter([json.dumps(seen).encode()])
+    return ok(start_response, json.dumps(seen).encode(), [("Content-Type", "application/json")])

@@ -4,7 +4,8 @@ The worker hands each accepted connection to a :class:`~.handler.WSGIHandler`,
 which serves requests on it until the connection should end:
 
 - ``handler.py``    the per-worker handler and the keep-alive loop of one connection
-- ``parser.py``     bytes in, :class:`~.parser.Request` objects out (httptools), with the limits
+- ``parser.py``     bytes in, :class:`~.parser.Request` objects out (httptools), with the limits and rules
+- ``framing.py``    the request bodies prefork reads itself: chunked, and after an Upgrade head
 - ``body.py``       ``wsgi.input``: reads exactly the request body, as the application asks
 - ``response.py``   one request's exchange: environ, ``start_response``/``write``, framing, sendfile
 - ``environ.py``    the WSGI environ, trusted proxy headers, ``SCRIPT_NAME``

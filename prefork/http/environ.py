@@ -85,10 +85,11 @@ def request_environ(base: Environ, request: Request, trusted: Rules | None, loca
     environ["REQUEST_METHOD"] = request.method
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["RAW_URI"] = url.decode("latin-1")
+    if b"#" in url:  # a fragment is not part of a request target (RFC 9112 3.2): dropped, as peers do
+        url = url.partition(b"#")[0]
     path, _, query = url.partition(b"?")
     if path[:1] not in (b"/", b"*"):  # absolute-form (http://host/path): the path is what follows the authority
         path = b"/" + path.partition(b"://")[2].partition(b"/")[2]
-    path = path.partition(b"#")[0]
     environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
     environ["QUERY_STRING"] = query.decode("latin-1")
     add_headers(environ, request.headers)

@@ -37,7 +37,7 @@ log = logging.getLogger("prefork")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 REASONS = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error"}
+           500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported"}
 
 
 class FileWrapper:
@@ -240,8 +240,8 @@ class Exchange:
         self.keep_alive = self.may_keep_alive(wants_close or ends_with_close)
         if self.keep_alive and request.version == "1.0":
             lines.append("Connection: keep-alive")
-        elif not self.keep_alive and request.version == "1.1":
-            lines.append("Connection: close")
+        elif not self.keep_alive:
+            lines.append("Connection: close")  # HTTP/1.0 too: a close-delimited body says so (RFC 9112 9.6)
         text = "\r\n".join(lines)
         if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
             raise ValueError("a response header contains a line break")
