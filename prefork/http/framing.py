@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .parser import HTTPError, Limits, Request
+from .message import HTTPError, Limits, Request
 
 TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'

@@ -28,36 +28,13 @@ stays bounded by one read.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
 
 import httptools
 
-if TYPE_CHECKING:
-    from .framing import ChunkedBody, LengthBody
+from .framing import ChunkedBody, LengthBody
+from .message import HTTPError, Limits, Request
 
-
-class HTTPError(Exception):
-    """A request we answer ourselves, with ``status``, and then close the connection."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class Limits(NamedTuple):
-    """--limit-request-line, --limit-request-fields, --limit-request-field-size (0 = none)."""
-
-    line: int
-    fields: int
-    field_size: int
-
-    @property
-    def head(self) -> int:
-        """Bytes a head may take before it is complete (0 = no limit): line and fields at their limits."""
-        if not (self.line and self.fields and self.field_size):
-            return 0
-        return self.line + 2 + self.fields * (self.field_size + 2) + 2
+__all__ = ["HTTPError", "Limits", "Request", "RequestReader"]
 
 
 # The field names the rules look at, and their lengths (a name of another length is not lowered).
@@ -68,29 +45,6 @@ KNOWN_CODINGS = (b"chunked",)  # the transfer codings we decode; any other is an
 
 class ChunkedHead(Exception):
     """Raised from a callback to stop llhttp at the end of a chunked request's head: we read its body."""
-
-
-class Request:
-    """One parsed request: its head, and its body as it arrives."""
-
-    __slots__ = ("body_chunks", "complete", "content_length", "continue_sent", "discard", "expect_continue",
-                 "has_host", "headers", "keep_alive", "method", "received", "transfer_encoding", "url", "version")
-
-    def __init__(self) -> None:
-        self.method = ""
-        self.url = b""
-        self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = False
-        self.expect_continue = False
-        self.continue_sent = False
-        self.body_chunks: deque[bytes] = deque()
-        self.complete = False  # the whole body has been parsed
-        self.discard = False  # the application is done: drop body bytes still arriving
-        self.has_host = False
-        self.content_length = b""  # the field's value, for finding where a body ends when llhttp does not
-        self.received = 0  # body bytes llhttp has handed over
-        self.transfer_encoding: bytes | None = None  # every Transfer-Encoding field line, joined with ","
 
 
 class RequestReader:
@@ -181,7 +135,6 @@ class RequestReader:
 
     def read_body_ourselves(self, rest: bytes) -> bytes:
         """The last queued request's body is ours to read (chunked, or after Upgrade): start at ``rest``."""
-        from .framing import ChunkedBody, LengthBody  # framing imports this module
 
         request = self.queue[-1]
         if request.transfer_encoding is not None:
