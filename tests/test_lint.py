@@ -1,4 +1,4 @@
-"""ruff and mypy --strict stay clean on prefork/ (run as part of the README's test command)."""
+"""ruff stays clean on prefork/, tests/ and bench/, mypy --strict on prefork/ (part of the README's test command)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from conftest import ROOT
 def test_ruff_clean() -> None:
     if shutil.which("ruff") is None:
         pytest.skip("ruff not installed")
-    result = subprocess.run(["ruff", "check", "prefork"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(["ruff", "check", "prefork", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
