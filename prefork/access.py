@@ -63,8 +63,24 @@ Rules = tuple[Rule, ...]
 MAPPED_IPV4 = 0xFFFF << 32  # ::ffff:0:0/96
 
 
+MAPPED_NETWORK = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def normal_network(network: Network) -> Network:
+    """The one form a rule is compared in: an IPv4-mapped IPv6 network is its IPv4 network.
+
+    ``::ffff:10.0.0.0/104`` is ``10.0.0.0/8``, as a mapped client address is the
+    IPv4 client it stands for (see :func:`client_ip`). A wider IPv6 network
+    (``::/0``) stays a rule about IPv6 clients.
+    """
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(MAPPED_NETWORK):
+        return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
+
+
 def compile_rules(networks: tuple[Network, ...]) -> Rules:
-    return tuple(Rule(n.version, int(n.network_address), int(n.netmask)) for n in networks)
+    normal = [normal_network(n) for n in networks]
+    return tuple(Rule(n.version, int(n.network_address), int(n.netmask)) for n in normal)
 
 
 def client_ip(addr: Any) -> ClientIP | None:

@@ -141,7 +141,6 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     log = open_log(settings)
     hooks.import_hooks(settings)
     preloaded = preload_app(settings)
-    privileges.give_to(identity, [settings.log_file])
     detached = settings.daemon and UPGRADE_VAR not in os.environ  # an upgrade's new master stays put
     if detached:
         check_before_detaching(settings)

@@ -20,7 +20,7 @@ import psutil
 
 from . import protocol, status_table
 from .errors import ControlError, NotRunningError
-from .pidfile import read_pid
+from .pidfile import pid_in_file
 from .protocol import MASTER_TITLE, control_path
 
 QUERY_TIMEOUT = 5.0
@@ -31,11 +31,7 @@ POLL_INTERVAL = 0.1
 
 def find_master(pidfile: str) -> int:
     """The pid of the prefork master named by ``pidfile``; NotRunningError for none or a stale file."""
-    pid = read_pid(pidfile)
-    if pid is None:
-        if not os.path.exists(pidfile):
-            raise NotRunningError(f"no server running: pid file {pidfile} does not exist")
-        raise NotRunningError(f"no server running: pid file {pidfile} holds no pid")
+    pid = pid_in_file(pidfile)  # NotRunningError for anything but a pid (never blocks)
     try:
         process = psutil.Process(pid)
         title = " ".join(process.cmdline())

@@ -126,8 +126,8 @@ load new app code into the master; a binary upgrade (USR2) can.
 bind port 80, write the pid file and bind again on reload); each worker, after
 `post_fork` and before importing the app, sets its supplementary groups (the user's,
 as `initgroups` gives them; just the group without `--user`), then its gid, then its uid, and
-refuses to serve if any of root's ids remains. A root master gives the log file to
-that user, so workers can reopen it on USR1. Switching needs the master to start as
+refuses to serve if any of root's ids remains. Nothing is handed to that user: workers
+log through the master (see "Log and pid files"). Switching needs the master to start as
 root. **`--umask`** is set in the master before binding (it governs unix socket
 modes) and inherited by the workers.
 

@@ -28,7 +28,7 @@ from .log import Log
 from .peer import Handler
 from .pidfile import Pidfile
 from .pool import Pool
-from .reload import Generations, give_log_to_workers
+from .reload import Generations
 from .scoreboard import Scoreboard
 from .settings import Settings
 from .stats import Stats
@@ -139,6 +139,7 @@ class Master:
         self.endpoints = control.open_endpoints(self, self.selector, self.pidfile.path if self.pidfile else None)
         self.selector.register(self.wakeup.read_fd, selectors.EVENT_READ, self.dispatch_signals)
         self.selector.register(self.events.read_fd, selectors.EVENT_READ, self.read_worker_events)
+        self.selector.register(self.log.pipe_r, selectors.EVENT_READ, self.log.drain_workers)  # workers' log lines
         self.wakeup.install()
         log.info("master started (pid %d), %d workers, app %s", self.pid, self.num_workers, settings.app)
         hooks.run("when_ready", self.settings, self.hook_server)
@@ -197,7 +198,6 @@ class Master:
 
     def handle_usr1(self) -> None:
         self.log.reopen()
-        give_log_to_workers(self.settings)
         log.info("USR1: log files reopened")
         self.table.signal_all(signal.SIGUSR1)
 
@@ -264,9 +264,12 @@ class Master:
                 self.boot.fork_failed()
 
     def own_fds(self) -> tuple[int, ...]:
-        """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets)."""
+        """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets, and
+        the pid file: a worker must neither write it nor keep its lock)."""
         endpoint_fds = (fd for endpoint in self.endpoints for fd in endpoint.fds())
-        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds)
+        pidfile_fds = self.pidfile.fds() if self.pidfile else []
+        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds,
+                *pidfile_fds)
 
     def worker_booted(self, worker: WorkerProcess) -> None:
         self.boot.booted()

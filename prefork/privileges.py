@@ -1,7 +1,8 @@
 """Who the workers run as: ``--user``, ``--group`` and ``--umask``.
 
 The master keeps the privileges it was started with: it binds (port 80, say),
-writes the pid file, and can bind again on a reload. Each worker drops them
+writes the pid file, and can bind again on a reload. It never hands a path to
+the workers' user (no chown): workers log through the master (see log.py). Each worker drops them
 right after fork, before the app is imported, in the only safe order:
 supplementary groups, then the gid, then the uid (once the uid is gone the
 process may no longer change its groups). Then it verifies that none of
@@ -122,21 +123,6 @@ def verify_dropped(identity: Identity) -> None:
         except PermissionError:
             return
         raise PrivilegeError(f"after switching to {identity}: the process could become root again")
-
-
-def give_to(identity: Identity | None, paths: list[str | None]) -> None:
-    """Let the workers' user reopen these files (the log file on USR1), when the master is root."""
-    if identity is None or os.geteuid() != 0:
-        return
-    for path in paths:
-        if path is None:
-            continue
-        try:
-            os.chown(path, identity.uid, identity.gid)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise ConfigError(f"cannot give {path!r} to {identity.name}: {exc.strerror}") from None
 
 
 def set_umask(mask: int | None) -> None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import hooks, privileges
+from . import hooks
 from .errors import ConfigError
 from .listeners import Listeners
 from .log import Log
@@ -143,12 +143,3 @@ def switch_log(log_: Log, new: Settings) -> None:
         log_.use(new.log_file)
     except OSError as exc:
         raise ConfigError(f"log_file: cannot open {new.log_file!r}: {exc.strerror}") from None
-    give_log_to_workers(new)
-
-
-def give_log_to_workers(settings: Settings) -> None:
-    """A new log file is created as the master's user: let --user workers reopen it too."""
-    try:
-        privileges.give_to(privileges.resolve(settings.user, settings.group), [settings.log_file])
-    except ConfigError as exc:
-        log.error("%s; workers running as %s may not reopen it", exc, settings.user)

@@ -18,6 +18,7 @@ from .errors import BindError, ConfigError
 
 BIND_FORMS = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
 DEFAULT_UNIX_MODE = 0o660  # owner and group may connect; less any bits the umask removes
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def parse_address(text: str) -> Address:
         path = text[len("unix:") :]
         if not path:
             raise ConfigError(f"{text!r} has no path (expected unix:PATH)")
+        size = len(os.fsencode(path))
+        if size > UNIX_PATH_MAX:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise ConfigError(f"unix socket path too long ({size} bytes, at most {UNIX_PATH_MAX}): {shown}")
         return Address("unix", path=path)
     if text.startswith("fd://"):
         number = text[len("fd://") :]
@@ -170,25 +175,45 @@ def _create_tcp(address: Address, backlog: int, reuse_port: bool) -> Listener:
 
 
 def _create_unix(address: Address, backlog: int, mode: int | None, owner: Owner | None) -> Listener:
+    """Bind a unix socket file with its mode and owner set without ever following a symlink.
+
+    The mode comes from the umask in force at bind() (no chmod by path). The
+    owner is changed through a descriptor of the file found at the path (O_PATH,
+    no symlink followed) once it is seen to be a socket: a user who may write
+    the directory can swap the file, but never get another file chowned.
+    Until listen() a connect() is refused, so rights set before it are never late.
+    """
     path = address.path
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    wanted = mode if mode is not None else DEFAULT_UNIX_MODE & ~_current_umask()
+    old_umask = os.umask(0o777 & ~wanted)
     try:
         sock.bind(path)
     except OSError as exc:
         sock.close()
         raise BindError(f"cannot listen on {address}: {os.strerror(exc.errno or 0)}") from None
+    finally:
+        os.umask(old_umask)
     try:
-        # Between bind() and listen() a connect() is refused: rights set here are never late.
-        os.chmod(path, mode if mode is not None else DEFAULT_UNIX_MODE & ~_current_umask())
         if owner is not None:
-            os.chown(path, owner.uid, owner.gid)
+            _chown_socket_file(path, owner)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
         os.unlink(path)
-        raise BindError(f"cannot listen on {address}: {os.strerror(exc.errno or 0)}") from None
+        raise BindError(f"cannot listen on {address}: {exc.strerror or os.strerror(exc.errno or 0)}") from None
     return Listener(sock, address, str(address))
+
+
+def _chown_socket_file(path: str, owner: Owner) -> None:
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise OSError(errno.EPERM, "the socket file was replaced before its owner could be set")
+        os.chown(f"/proc/self/fd/{fd}", owner.uid, owner.gid)  # that inode, whatever the path holds now
+    finally:
+        os.close(fd)
 
 
 def _current_umask() -> int:

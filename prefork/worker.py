@@ -201,6 +201,7 @@ class Worker:
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != self.master_pid:  # the master died before prctl took effect
             os._exit(WORKER_EXIT_OK)
+        self.log.enter_worker()  # log through the master: never hold the log file (see log.py)
         self.log.set_role(f"worker {self.index} gen {self.generation}")
         proctitle.set_title(f"worker [{self.settings.proc_name}] #{self.index} gen {self.generation}")
         faulthandler.enable(file=self.log.stream_fileno(), all_threads=True)
@@ -324,6 +325,7 @@ class Worker:
         """Run the handler on one connection, then close it whatever happened."""
         slot = self.slot
         self.begin_connection(format_peer(addr))
+        escaped = False
         try:
             if self.prepare is not None:
                 conn, addr = self.prepare(conn, addr)
@@ -338,12 +340,20 @@ class Worker:
                          format_peer(addr), self.settings.idle_timeout)
         except Exception:
             log.exception("handler failed on connection from %s", format_peer(addr))
+        except StopServing:
+            raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the handler wants out; so do we
+            log.error("handler %s raised %s on connection from %s; this worker exits and is replaced",
+                      self.settings.app, repr(exc)[:200], format_peer(addr))
+            escaped = True
         finally:
             try:
                 conn.close()
             except OSError:
                 pass
             self.end_connection()
+        if escaped:
+            os._exit(WORKER_EXIT_ERROR)
         if self.reopen_logs:
             self.reopen_logs = False
             self.reopen()

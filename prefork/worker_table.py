@@ -136,9 +136,9 @@ class WorkerTable:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self.stats.worker_gone(self.scoreboard.slots[worker.slot])
-                self.scoreboard.release(worker.slot)
                 worker.exit_status = status
-                self.log_exit(worker, status)
+                self.log_exit(worker, status)  # reads the slot: was it serving someone?
+                self.scoreboard.release(worker.slot)
             yield pid, status, worker
 
     def log_exit(self, worker: WorkerProcess, status: int) -> None:
@@ -147,7 +147,11 @@ class WorkerTable:
         if worker.stopping is not None:
             log.info("%s exited (%s)", worker.describe(), describe_status(status))
         elif worker.booted:
-            log.warning("%s died (%s); replacing it", worker.describe(), describe_status(status))
+            why = describe_status(status)
+            slot = self.scoreboard.slots[worker.slot]
+            if slot.state == BUSY:  # gone in the middle of a connection, without a word (os._exit, a crash)
+                why += f" while serving a connection from {slot.peer_text}, in the handler"
+            log.warning("%s died (%s); replacing it", worker.describe(), why)
             self.stats.restart(RESTART_DIED)
 
     def missing(self, generation: int, count: int) -> list[int]:

@@ -78,22 +78,6 @@ def test_group_alone_sets_gid_and_drops_root_groups(server: Server) -> None:
     assert supplementary_groups(worker.pid) == [NOBODY.pw_gid]
 
 
-@needs_root
-def test_log_file_is_given_to_the_user_and_reopens_after_rotation(server: Server) -> None:
-    with shared_dir() as logs:
-        log_file = logs / "prefork.log"
-        server.start("--user", "nobody", "--log-file", str(log_file), app="testapps:crash", workers=1)
-        wait_for(lambda: log_file.exists() and "booted" in log_file.read_text(), what="boot in the log file")
-        assert log_file.stat().st_uid == NOBODY.pw_uid
-        log_file.rename(logs / "prefork.log.1")  # logrotate
-        server.signal(signal.SIGUSR1)
-        wait_for(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), what="reopen")
-        assert log_file.stat().st_uid == NOBODY.pw_uid  # the master's new file, given to nobody
-        request(server.address, b"boom")  # the worker logs the handler's traceback ...
-        wait_for(lambda: "handler exploded on purpose" in log_file.read_text(), what="worker writes new file")
-        assert server.proc is not None and server.proc.poll() is None
-
-
 def run_cli_as_nobody(args: list[str], stderr: Path) -> int:
     """Run the prefork command in a forked child that has become nobody; its exit status."""
     with open(stderr, "wb") as err:

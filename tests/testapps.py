@@ -83,3 +83,15 @@ def line(conn: socket.socket, addr: Any) -> None:
             return
         data += chunk
     conn.sendall(f"{os.getpid()}\n".encode())
+
+
+def leave(conn: socket.socket, addr: Any) -> None:
+    """Leave as the request says: 'exit' raises SystemExit(3), 'interrupt' KeyboardInterrupt, '_exit' os._exit(0)."""
+    how = conn.recv(64).strip()
+    if how == b"exit":
+        raise SystemExit(3)
+    if how == b"interrupt":
+        raise KeyboardInterrupt
+    if how == b"_exit":
+        os._exit(0)
+    conn.sendall(f"{os.getpid()}\n".encode())
