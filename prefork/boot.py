@@ -2,7 +2,7 @@
 
 Workers that exit before they booted are retried with an exponential back-off
 (0.1 s doubling up to 5 s). Before any worker ever booted the server gives up:
-at once when a worker could not import the app (exit status EXIT_APP), after
+at once when a worker could not load the app or program (exit status EXIT_APP), after
 MAX_BOOT_FAILURES in a row otherwise (EXIT_BOOT). Once one has booted, the
 server never gives up: it keeps serving with what it has and retries.
 """
@@ -54,12 +54,15 @@ class BootPolicy:
         """A worker exited before it booted (whatever the master does about it)."""
         self.failures += 1
 
-    def decide(self, worker: WorkerProcess, status: int, app: str) -> PreforkError | None:
-        """After :meth:`count_failure`: the error to halt with, or None (the next fork waits a while)."""
+    def decide(self, worker: WorkerProcess, status: int, served: str) -> PreforkError | None:
+        """After :meth:`count_failure`: the error to halt with, or None (the next fork waits a while).
+
+        ``served`` names what the workers load (``Settings.served``: the app, or the --exec program).
+        """
         why = describe_status(status)
         if not self.ever_booted:
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_EXIT_APP:
-                return AppImportError(f"workers could not import the app {app!r}")
+                return AppImportError(f"workers could not load {served}")
             if self.failures >= MAX_BOOT_FAILURES:
                 return BootError(f"workers failed to boot {self.failures} times in a row (last: {why}); giving up")
         delay: float = min(BACKOFF_START * 2.0 ** (self.failures - 1), BACKOFF_MAX)

@@ -25,6 +25,7 @@ from .daemon import refuse_under_systemd
 from .docs import toml_value
 from .errors import EXIT_APP, EXIT_BIND, EXIT_USAGE, AppImportError, BindError, ConfigError, PreforkError
 from .importer import import_app
+from .inetd import find_program  # imported before the child drops privileges (its modules may be root's)
 from .pidfile import read_pid
 from .reload import load_tls_context
 from .settings import Settings
@@ -99,7 +100,10 @@ def _import_in_child(settings: Settings, report_fd: int) -> None:
         identity = privileges.resolve(settings.user, settings.group)
         if identity is not None and not settings.preload:
             privileges.drop_privileges(identity)
-        import_app(settings.app or "")
+        if settings.exec:
+            find_program(settings)  # as the worker's user, which is who runs it
+        else:
+            import_app(settings.app or "")
     except AppImportError as exc:
         status, report = exc.exit_status, str(exc)
         if exc.show_traceback and exc.__cause__ is not None:
@@ -212,7 +216,7 @@ def _check_fd(fd: int, what: str) -> Problem | None:
 
 def check_settings(settings: Settings) -> Problem | None:
     """What ``prefork run`` refuses before it starts, beyond each value's own parse."""
-    if not settings.app:
+    if not settings.app and not settings.exec:
         return Problem(EXIT_USAGE, "no APP given (as an argument, PREFORK_APP or app = ... in the config file)")
     try:
         load_tls_context(settings)  # the certificate files load, as at start
@@ -230,7 +234,8 @@ def run_checks(settings: Settings) -> Iterator[tuple[str, Problem | None]]:
     yield "settings", problem
     if problem is None:
         where = "in the master (--preload)" if settings.preload else "as a worker would"
-        yield f"app {settings.app} imports {where}", check_imports(settings)
+        what = f"program {settings.exec[0]} runs" if settings.exec else f"app {settings.app} imports"
+        yield f"{what} {where}", check_imports(settings)
     running = running_server(settings)
     binds = [("bind", address, settings.reuse_port) for address in settings.bind]
     for name, address, reuse_port in binds + [(name, address, False) for name, address in other_addresses(settings)]:

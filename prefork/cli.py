@@ -20,7 +20,7 @@ from .log import Log
 from .peer import Handler
 from .settings import Settings
 from .upgrade import UPGRADE_VAR
-from .values import Meta, app_spec
+from .values import Meta, app_spec, command_line
 
 EXAMPLES_HINT = (
     "Missing APP: the handler to serve, as module:attribute.\n"
@@ -65,19 +65,29 @@ def main() -> None:
     """A preforking server for any TCP or Unix-socket protocol."""
 
 
+def app_or_program(command: Callable[..., Any]) -> Callable[..., Any]:
+    """APP, or with --exec the PROGRAM and its arguments after ``--`` (the exec setting, inetd.py)."""
+    meta = dict((f.name, m) for f, m in settings_mod.declared())["exec"]
+    command = click.argument("app", nargs=-1, metavar="APP | --exec -- PROGRAM [ARGS...]")(command)
+    return click.option("--exec", "exec_flag", is_flag=True, default=False,
+                        help=f"{meta.help} [env PREFORK_EXEC]")(command)
+
+
 @main.command()
-@click.argument("app", required=False)
+@app_or_program
 @setting_options
-def run(app: str | None, **options: Any) -> None:
+def run(app: tuple[str, ...], exec_flag: bool, **options: Any) -> None:
     """Serve APP (module:handler or module:factory()) with preforked workers.
 
     handler(conn, addr) is called in a worker once per accepted connection.
+    With --exec, PROGRAM runs once per connection instead, the socket as its
+    stdin and stdout (inetd mode).
     """
-    cli_values = _cli_values(app, options)
+    cli_values = _cli_values(app, options, exec_flag)
     environ = dict(os.environ)
     try:
         settings, _ = sources.load(cli_values, environ)
-        if not settings.app:
+        if not settings.app and not settings.exec:
             raise click.UsageError(EXAMPLES_HINT)
         # A reload re-reads the same file even after --chdir: its path, made absolute, is pinned.
         pinned = dict(cli_values, config=settings.config) if settings.config else cli_values
@@ -90,9 +100,9 @@ def run(app: str | None, **options: Any) -> None:
 
 
 @main.command()
-@click.argument("app", required=False)
+@app_or_program
 @setting_options
-def check(app: str | None, **options: Any) -> None:
+def check(app: tuple[str, ...], exec_flag: bool, **options: Any) -> None:
     """Check settings, APP and binds as `prefork run` would, without serving.
 
     Prints the effective configuration (as TOML, each value with where it came
@@ -103,7 +113,7 @@ def check(app: str | None, **options: Any) -> None:
     from . import check as checks
 
     try:
-        settings, origin = sources.load(_cli_values(app, options), dict(os.environ))
+        settings, origin = sources.load(_cli_values(app, options, exec_flag), dict(os.environ))
         for line in checks.effective_configuration(settings, origin):
             click.echo(line)
         prepare_process(settings)
@@ -119,12 +129,26 @@ def check(app: str | None, **options: Any) -> None:
     sys.exit(status)
 
 
-def _cli_values(app: str | None, options: dict[str, Any]) -> dict[str, Any]:
+def _cli_values(app: tuple[str, ...], options: dict[str, Any], exec_flag: bool = False) -> dict[str, Any]:
     """The settings given on the command line (click already parsed each one)."""
     values = {name: value for name, value in options.items() if value is not None}
-    if app is not None:
-        values["app"] = _parse_app(app)
+    if exec_flag:
+        if not app:
+            raise click.UsageError("--exec: no PROGRAM given (prefork run --exec [OPTIONS] -- PROGRAM [ARGS...])")
+        values["exec"] = _parse_program(app)
+    elif len(app) > 1:
+        raise click.UsageError(f"got {len(app)} arguments, expected one APP; to run a program per connection, "
+                               "use --exec -- PROGRAM [ARGS...]")
+    elif app:
+        values["app"] = _parse_app(app[0])
     return values
+
+
+def _parse_program(argv: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return command_line(list(argv))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="PROGRAM") from None
 
 
 def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
@@ -140,6 +164,8 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     prepare_process(settings)
     log = open_log(settings)
     hooks.import_hooks(settings)
+    if settings.exec:
+        check_program(settings)
     preloaded = preload_app(settings)
     detached = settings.daemon and UPGRADE_VAR not in os.environ  # an upgrade's new master stays put
     if detached:
@@ -162,6 +188,19 @@ def preload_app(settings: Settings) -> Handler | None:
     gc.collect()  # before the master first freezes its objects for the forks: no garbage frozen in
     logging.getLogger("prefork").info("preloaded app %s in the master", settings.app)
     return handler
+
+
+def check_program(settings: Settings) -> None:
+    """--exec: a PROGRAM the workers cannot run is refused now (status 4), not per connection.
+
+    The check runs in a child that becomes the workers' user (check.py). Importing
+    check.py loads inetd.py here, in the master, before any worker drops privileges.
+    """
+    from . import check as checks
+
+    problem = checks.check_imports(settings)
+    if problem is not None:
+        raise problem.error()
 
 
 def check_before_detaching(settings: Settings) -> None:

@@ -53,7 +53,7 @@ def toml_value(value: Any) -> str | None:
 def cli_flag(name: str, meta: Meta) -> str:
     """How the setting is spelt on the command line (``-w, --workers N``)."""
     if not meta.cli:
-        return f"`{meta.metavar or name.upper()}` argument"
+        return f"`{meta.spelt}`" if meta.spelt else f"`{meta.metavar or name.upper()}` argument"
     long = "--" + name.replace("_", "-")
     if meta.flag:
         return f"`{long}` / `--no-{long[2:]}`"

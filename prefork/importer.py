@@ -54,7 +54,12 @@ def load_handler(settings: Settings) -> Handler:
     """The callable a worker runs per connection, as the settings describe it.
 
     With --wsgi, APP is a WSGI application and the handler speaks HTTP/1.1 to it.
+    With --exec, the handler runs a program per connection (inetd.py).
     """
+    if settings.exec:
+        from .inetd import exec_handler  # the master imported it already, to check PROGRAM (cli.serve)
+
+        return exec_handler(settings)
     app = import_app(settings.app or "")
     if settings.wsgi:
         from .http import wsgi_handler  # late: httptools is an optional dependency

@@ -141,7 +141,7 @@ class Master:
         self.selector.register(self.events.read_fd, selectors.EVENT_READ, self.read_worker_events)
         self.selector.register(self.log.pipe_r, selectors.EVENT_READ, self.log.drain_workers)  # workers' log lines
         self.wakeup.install()
-        log.info("master started (pid %d), %d workers, app %s", self.pid, self.num_workers, settings.app)
+        log.info("master started (pid %d), %d workers, %s", self.pid, self.num_workers, settings.served)
         hooks.run("when_ready", self.settings, self.hook_server)
 
     def wait(self, timeout: float | None) -> None:
@@ -152,7 +152,7 @@ class Master:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
         settings = self.settings
-        deadlines = self.table.deadlines(now, settings.timeout, settings.max_worker_memory)
+        deadlines = self.table.deadlines(now, settings.worker_timeout, settings.max_worker_memory)
         # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1.
         for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline()):
             if deadline is not None:
@@ -237,7 +237,7 @@ class Master:
         """Bring the worker table to what it should be; called after every wake-up."""
         graceful = self.settings.graceful_timeout
         if not self.stopping:
-            self.table.check(self.settings.timeout, self.settings.max_worker_memory)
+            self.table.check(self.settings.worker_timeout, self.settings.max_worker_memory)
         self.table.kill_overdue(graceful)
         if self.stopping:
             return
@@ -295,7 +295,7 @@ class Master:
             failure = f"{worker.describe()} exited during boot ({describe_status(status)})"
             self.abandon_pending(failure)
             self.notifier.reload_failed(self, failure)
-        elif not self.stopping and (error := self.boot.decide(worker, status, self.settings.app)) is not None:
+        elif not self.stopping and (error := self.boot.decide(worker, status, self.settings.served)) is not None:
             self.halt(error)
 
     def reclaim_control_socket(self) -> None:

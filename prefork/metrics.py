@@ -67,6 +67,10 @@ def exposition(master: ServerView) -> str:
                [({}, stats["reload_failures"])])
     out.metric("prefork_boot_failures_total", "counter", "Workers that exited before booting.",
                [({}, stats["boot_failures"])])
+    out.metric("prefork_program_failures_total", "counter", "--exec: programs that exited non-zero or were killed.",
+               [({}, stats["program_failures"])])
+    out.metric("prefork_program_timeouts_total", "counter", "--exec: programs killed for running past --timeout.",
+               [({}, stats["program_timeouts"])])
     out.metric("prefork_generation", "gauge", "The generation of workers serving.", [({}, m["generation"])])
     out.metric("prefork_master_start_time_seconds", "gauge", "When the master started, in Unix time.",
                [({}, m["started"])])

@@ -34,6 +34,9 @@ class Slot(ctypes.Structure):
         # --threads: how many threads accept, and how many serve now (busy_since/peer are then the oldest's)
         ("threads", ctypes.c_uint16),
         ("busy_threads", ctypes.c_uint16),
+        # --exec: programs that exited non-zero or were killed, and those killed for --timeout (inetd.py)
+        ("program_failures", ctypes.c_uint32),
+        ("program_timeouts", ctypes.c_uint32),
     ]
 
     def begin(self, peer: str) -> None:

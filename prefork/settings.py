@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ from .values import (
     app_spec,
     bind_list,
     boolean,
+    choice,
+    command_line,
+    env_assignments,
     file_mode,
     group_name,
     hook_spec,
@@ -78,8 +82,9 @@ class Settings:
         parse=seconds, metavar="SECONDS",
     )
     timeout: float = setting(
-        30.0, help="Kill and replace a worker busy on one connection longer than this (0 = off).",
-        parse=seconds, metavar="SECONDS",
+        None, help="Kill and replace a worker busy on one connection longer than this (0 = off); "
+        "with --exec, kill the program running longer than this instead.",
+        parse=seconds, metavar="SECONDS", shown_default="30; 0 (no limit) with --exec",
     )
     max_requests: int = setting(
         0, help="Recycle a worker after it has served this many connections (0 = never).",
@@ -267,12 +272,47 @@ class Settings:
         parse=text, metavar="PATH",
     )
 
+    # --- inetd mode: --exec runs a program per connection on its socket (inetd.py) ---
+    exec: tuple[str, ...] = setting(
+        (), help="Exec (inetd) mode: run PROGRAM for each connection, the socket as its stdin and stdout, "
+        "in place of APP (in TOML a list: exec = [\"git\", \"daemon\", \"--inetd\"]).",
+        parse=command_line, metavar="PROGRAM [ARGS...]", cli=False, spelt="--exec -- PROGRAM [ARGS...]",
+        shown_default="none",
+    )
+    exec_env: tuple[str, ...] = setting(
+        (), help="Exec mode: add KEY=VALUE to the program's environment (repeatable).",
+        parse=env_assignments, metavar="KEY=VALUE", multiple=True, shown_default="none",
+    )
+    exec_stderr: str = setting(
+        "log", help="Exec mode: the program's stderr is prefork's log (log) or the connection (conn).",
+        parse=choice("log", "conn"), metavar="log|conn",
+    )
+
     def __post_init__(self) -> None:
+        if self.timeout is None:  # in exec mode --timeout bounds the program, and sessions may last
+            object.__setattr__(self, "timeout", 0.0 if self.exec else 30.0)
         check_connection_settings(self)
+        check_exec_settings(self)
+
+    @property
+    def served(self) -> str:
+        """What the workers serve, for the log: ``app M:A`` or ``exec PROGRAM ARGS``."""
+        return f"exec {shlex.join(self.exec)}" if self.exec else f"app {self.app}"
+
+    @property
+    def worker_timeout(self) -> float:
+        """How long the master lets a worker be busy on one connection (0 = forever).
+
+        With --exec the worker bounds its program itself (inetd.py); the master
+        steps in only if that failed, once the program's kill grace is over too.
+        """
+        if self.exec and self.timeout:
+            return self.timeout + EXEC_BACKSTOP
+        return self.timeout
 
     @property
     def proc_name(self) -> str:
-        return self.name or self.app or "prefork"
+        return self.name or self.app or (os.path.basename(self.exec[0]) if self.exec else "prefork")
 
 
 def check_connection_settings(settings: Settings) -> None:
@@ -286,6 +326,25 @@ def check_connection_settings(settings: Settings) -> None:
     if settings.max_per_source and settings.threads > 1:
         # The scoreboard shows one connection per worker, which is what the limit counts.
         raise ConfigError("max_per_source: counts one connection per worker; it cannot be used with threads > 1")
+
+
+EXEC_BACKSTOP = 10.0  # seconds past --timeout before the master kills an --exec worker itself
+
+
+def check_exec_settings(settings: Settings) -> None:
+    """What exec mode cannot be combined with."""
+    if not settings.exec:
+        return
+    if settings.app:
+        raise ConfigError("exec: runs a program in place of an APP; give one or the other")
+    if settings.wsgi:
+        raise ConfigError("exec: a program speaks its own protocol; it cannot be used with wsgi")
+    if settings.preload:
+        raise ConfigError("preload: there is no app to preload in exec mode")
+    if settings.threads > 1:
+        raise ConfigError("exec: one program per worker at a time; use workers, not threads, for more instances")
+    if settings.idle_timeout:
+        raise ConfigError("idle_timeout: the program holds the socket itself; in exec mode use timeout")
 
 
 def declared() -> Iterator[tuple[dataclasses.Field[Any], Meta]]:

@@ -13,6 +13,8 @@ RESTART_DIED = "died"  # exited or was killed while it should have been serving
 RESTART_TIMEOUT = "timeout"  # stuck on one connection longer than --timeout
 RESTART_MAX_REQUESTS = "max_requests"
 RESTART_MEMORY = "memory"
+# --exec: what the worker counts of its programs (Slot fields; the keys of Stats.retired_programs).
+PROGRAM_COUNTS = ("program_failures", "program_timeouts")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Stats:
     last_reload_error: str = ""
     boot_failures: int = 0  # workers that exited before booting
     retired_requests: int = 0  # connections served by workers that have since exited
+    retired_programs: Counter[str] = field(default_factory=Counter)  # --exec: failures, timeouts of exited workers
 
     def restart(self, reason: str) -> None:
         self.restarts[reason] += 1
@@ -37,3 +40,4 @@ class Stats:
     def worker_gone(self, slot: Slot) -> None:
         """Keep the connections a reaped worker served, so totals never go down."""
         self.retired_requests += slot.requests
+        self.retired_programs.update({name: getattr(slot, name) for name in PROGRAM_COUNTS})

@@ -12,7 +12,7 @@ from typing import Any
 
 from .scoreboard import BUSY, STATE_NAMES, Slot
 from .settings import Settings
-from .view import ServerView, WorkerProcess, busy_threads, connections_served
+from .view import ServerView, WorkerProcess, busy_threads, connections_served, programs_counted
 
 
 def snapshot(master: ServerView) -> dict[str, Any]:
@@ -43,6 +43,7 @@ def snapshot(master: ServerView) -> dict[str, Any]:
             "reload_failures": master.stats.reload_failures,
             "last_reload_error": master.stats.last_reload_error or None,
             "boot_failures": master.stats.boot_failures,
+            **programs_counted(master),
         },
         "workers": reports,
     }
@@ -74,6 +75,8 @@ def worker_report(worker: WorkerProcess, slot: Slot, now: float) -> dict[str, An
         "state": state,
         "booted": worker.booted,
         "requests": slot.requests,
+        "program_failures": slot.program_failures,
+        "program_timeouts": slot.program_timeouts,
         "started": slot.started,
         "busy_for": max(0.0, now - slot.busy_since) if busy else None,
         "peer": slot.peer_text if busy else None,

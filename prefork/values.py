@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ class Meta:
     flag: bool = False  # a boolean switch on the command line
     multiple: bool = False  # repeatable on the command line; a list in TOML; commas in env
     cli: bool = True  # False for the APP argument, which is positional
+    spelt: str = ""  # how the command line spells a setting that is not an option (exec)
     shown_default: str = ""  # for defaults computed at run time (the CPU count)
     start_only: bool = False  # applied when the master starts; a reload (HUP) cannot change it
 
@@ -208,6 +211,40 @@ def readable_file(value: object) -> str | None:
 def owner(value: object) -> Owner | None:
     spec = text(value).strip()
     return parse_owner(spec) if spec else None
+
+
+def command_line(value: object) -> tuple[str, ...]:
+    """A program and its arguments: a list (TOML, the command line) or one string split as a shell would."""
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ConfigError(f"{value!r} is not a command line: {exc}") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{value!r} is not a command line (expected a list of strings)")
+    if value and not value[0]:
+        raise ConfigError("the program name is empty")
+    return tuple(value)
+
+
+def env_assignments(value: object) -> tuple[str, ...]:
+    """``KEY=VALUE`` items, each KEY a valid environment variable name."""
+    items = tuple(text(item) for item in _items(value))
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{item!r} is not of the form KEY=VALUE")
+    return items
+
+
+def choice(*allowed: str) -> Parser:
+    def parse(value: object) -> str:
+        chosen = text(value).strip().lower()
+        if chosen not in allowed:
+            raise ConfigError(f"{value!r} is not one of {', '.join(allowed)}")
+        return chosen
+
+    return parse
 
 
 def trusted_networks(value: object) -> tuple[Network, ...]:

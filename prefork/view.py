@@ -16,10 +16,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from .scoreboard import BUSY, Scoreboard, Slot
+from .stats import PROGRAM_COUNTS, Stats
 
 if TYPE_CHECKING:
     from .settings import Settings
-    from .stats import Stats
 
 FAST_STOP_GRACE = 0.5  # seconds between QUIT and SIGKILL
 
@@ -103,6 +103,13 @@ def connections_served(view: ServerView) -> int:
     """Connections served since the master started, by live workers and by those since reaped."""
     slots = view.scoreboard.slots
     return view.stats.retired_requests + sum(int(slots[w.slot].requests) for w in view.workers.values())
+
+
+def programs_counted(view: ServerView) -> dict[str, int]:
+    """--exec: programs that failed, and that were killed for --timeout, by live workers and reaped ones."""
+    slots = [view.scoreboard.slots[w.slot] for w in view.workers.values()]
+    return {name: view.stats.retired_programs[name] + sum(int(getattr(slot, name)) for slot in slots)
+            for name in PROGRAM_COUNTS}
 
 
 def serving(worker: WorkerProcess, generation: int) -> bool:
