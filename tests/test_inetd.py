@@ -154,7 +154,7 @@ def test_unix_socket_environment(server: Server, tmp_path: Path) -> None:
     assert "TCPREMOTEIP" not in env
 
 
-# --- descriptors: fd 0 and 1 the connection, fd 2 the log, nothing else ---
+# --- descriptors: fd 0 and 1 the connection, fd 2 the log (its pipe with --log-file), nothing else ---
 
 
 def test_program_gets_only_its_three_descriptors(server: Server, tmp_path: Path) -> None:
@@ -168,7 +168,10 @@ def test_program_gets_only_its_three_descriptors(server: Server, tmp_path: Path)
     assert isinstance(fds, dict)
     assert sorted(fds) == ["0", "1", "2"], fds
     assert fds["0"] == fds["1"] and fds["0"].startswith("socket:")
-    assert fds["2"] == str(log_file)
+    # With --log-file the workers (and so their programs) write into the pipe the master copies into the
+    # file: the program never holds the root-owned log file itself.
+    assert fds["2"].startswith("pipe:"), fds
+    assert str(log_file) not in fds.values()
 
 
 def test_program_runs_in_its_own_session_with_default_signals(server: Server, tmp_path: Path) -> None:
@@ -189,6 +192,15 @@ def test_stderr_goes_to_the_log_by_default(server: Server) -> None:
     server.start(*exec_args("sh", "-c", "echo out; echo complaint-to-the-log >&2"), app=None).wait_ready()
     assert server.ask() == b"out\n"
     wait_for(lambda: "complaint-to-the-log" in server.log(), what="the program's stderr in the log")
+
+
+def test_stderr_reaches_the_log_file_through_the_masters_pipe(server: Server, tmp_path: Path) -> None:
+    log_file = tmp_path / "server.log"
+    server.start("--log-file", str(log_file), *exec_args("sh", "-c", "echo out; echo into-the-file >&2"),
+                 app=None)
+    wait_for(lambda: log_file.exists() and ") booted" in log_file.read_text(), 30, what="boot")
+    assert server.ask() == b"out\n"
+    wait_for(lambda: "into-the-file" in log_file.read_text(), what="the program's stderr in the log file")
 
 
 # --- TLS terminated by prefork in front of a plain program ---
