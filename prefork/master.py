@@ -63,7 +63,6 @@ class Master:
         self.scoreboard = Scoreboard(max(1024, settings.workers * 4))
         self.table = WorkerTable(self.scoreboard, self.stats)  # pid -> WorkerProcess, and what to do to them
         self.boot = BootPolicy()
-        self.upgrade = Upgrade()
         self.listeners = Listeners()
         self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         # Which generation serves, and the one on trial during a reload.
@@ -74,6 +73,7 @@ class Master:
         self.pool = Pool()  # --max-workers: decides num_workers from the scoreboard
         self.endpoints: list[Endpoint] = []  # control socket, metrics: answered in our loop
         self.selector = selectors.DefaultSelector()
+        self.upgrade = Upgrade(self.selector)  # the successor a USR2 started, or the master we replace
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
         self.hook_server = hooks.Server(self)  # what hooks may read of us
@@ -98,8 +98,8 @@ class Master:
     generation = property(lambda self: self.gens.generation)
     pending = property(lambda self: self.gens.pending)
     pending_settings = property(lambda self: self.gens.pending_settings)
-    new_master = property(lambda self: self.upgrade.new_master)
-    replaces = property(lambda self: self.upgrade.replaces)
+    new_master = property(lambda self: self.upgrade.new_master_pid)
+    replaces = property(lambda self: self.upgrade.replaces_pid)
 
     workers = property(lambda self: self.table.workers)  # pid -> WorkerProcess
     listener_names = property(lambda self: [listener.name for listener in self.listeners.shared])
@@ -206,7 +206,12 @@ class Master:
         if self.stopping or self.upgrade.under_way:
             log.warning("USR2 ignored: %s", "stopping" if self.stopping else "an upgrade is under way")
         elif not self.upgrade.start(self.listeners.shared, self.notifier.environment(), self.pidfile,
-                                    HANDLED_SIGNALS):
+                                    HANDLED_SIGNALS, self.new_master_exited):
+            self.reclaim_control_socket()
+
+    def new_master_exited(self) -> None:
+        """The new master's pidfd turned readable (it is not our child: no SIGCHLD tells us)."""
+        if self.upgrade.new_master_exited(self.pidfile, bool(self.stopping)):
             self.reclaim_control_socket()
 
     def handle_winch(self) -> None:
@@ -279,14 +284,11 @@ class Master:
             self.upgrade.tell_replaced_master()
 
     def reap_workers(self) -> None:
-        for pid, status, worker in self.table.reap():
-            if pid == self.new_master and self.upgrade.new_master_exited(status, self.pidfile, bool(self.stopping)):
-                self.reclaim_control_socket()
-            elif worker is not None:
-                if not worker.booted and worker.stopping is None:
-                    self.boot_failed(worker, status)
-                self.listeners.close_slots(self.num_workers, self.table.indexes())
-                hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
+        for worker, status in self.table.reap():
+            if not worker.booted and worker.stopping is None:
+                self.boot_failed(worker, status)
+            self.listeners.close_slots(self.num_workers, self.table.indexes())
+            hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, status: int) -> None:
         self.boot.count_failure()
@@ -328,6 +330,7 @@ class Master:
             self.pidfile.remove()
         for endpoint in self.endpoints:
             endpoint.close()
+        self.upgrade.forget_new_master()
         self.selector.close()
         self.events.close()
         hooks.run("on_exit", self.settings, self.hook_server)

@@ -32,7 +32,11 @@ they run cannot speak for the service) and keeps them in the Notifier. Hence:
    (``Master.replaces``). Its first ``READY=1`` then carries ``MAINPID=<its pid>``,
    and is sent before it tells the old master to retire (WINCH): only once it
    serves, so if it dies while booting systemd still follows the old master,
-   which keeps serving (and pinging the watchdog).
+   which keeps serving (and pinging the watchdog). It is systemd's child by then
+   (upgrade.py starts it through an intermediate process that exits at once):
+   a MAINPID that is not its child, systemd would not wait for at the next stop.
+   Before that READY=1 it says nothing but WATCHDOG=1 (:meth:`Notifier.standing_by`):
+   if it fails to boot, systemd never hears of it, and the old master serves on.
 3. The old master, told to retire, calls :meth:`Notifier.hand_over` before
    anything else and sends nothing from then on: its ``STOPPING=1`` would make
    systemd stop the whole service, new master included.
@@ -112,6 +116,8 @@ class Notifier:
         if (not self.ready_sent and not master.stopping and master.pending is None
                 and generation_booted(master, master.generation)):
             self.ready(master)
+        elif self.standing_by(master):
+            return
         elif master.stopping:
             self.status(summary(master), drain_left(master))
         else:
@@ -130,8 +136,18 @@ class Notifier:
             self.ready_sent = True
         self.last_status = fields["STATUS"]
 
+    def standing_by(self, master: ServerView) -> bool:
+        """A new master after USR2, before its READY=1: the old master speaks for the service.
+
+        Until then nothing of ours may reach systemd: had it failed to boot, its STOPPING=1
+        would stop the service that the old master keeps serving.
+        """
+        return master.replaces is not None and not self.ready_sent
+
     def reloading(self, master: ServerView) -> None:
         """A reload starts; MONOTONIC_USEC lets systemd tell this reload from an earlier one."""
+        if self.standing_by(master):
+            return
         self.note = ""
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         status = f"reloading; {summary(master)}"
@@ -140,11 +156,15 @@ class Notifier:
 
     def reload_failed(self, master: ServerView, why: str) -> None:
         """The reload is over, the old generation still serves: READY again, and STATUS says why."""
+        if self.standing_by(master):
+            return
         self.note = f"last reload failed: {why}"
         self.ready(master)
 
     def stopping(self, master: ServerView) -> None:
         """Shutdown starts; ask for enough time to drain, whatever systemd's own stop timeout is."""
+        if self.standing_by(master):
+            return
         status = summary(master)
         self.send({"STOPPING": "1", "STATUS": status, **extend_timeout(drain_left(master))})
         self.last_status = status

@@ -84,9 +84,9 @@ class ServerView(Protocol):
     @property
     def stopping(self) -> Stop | None: ...
     @property
-    def new_master(self) -> int | None: ...  # the master a USR2 upgrade started
+    def new_master(self) -> int | None: ...  # the pid of the master a USR2 upgrade started (not our child)
     @property
-    def replaces(self) -> int | None: ...  # the master we were started to replace
+    def replaces(self) -> int | None: ...  # the pid of the master we were started to replace
     @property
     def listener_names(self) -> Sequence[str]: ...
 

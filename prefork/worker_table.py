@@ -122,10 +122,10 @@ class WorkerTable:
         self.workers[pid] = record
         log.debug("spawned worker %d gen %d (pid %d)", record.index, record.generation, pid)
 
-    def reap(self) -> Iterator[tuple[int, int, WorkerProcess | None]]:
-        """Every child that exited: (pid, waitpid status, its record, or None if not a worker).
+    def reap(self) -> Iterator[tuple[WorkerProcess, int]]:
+        """Every worker that exited, with its waitpid status; out of the table, its slot released.
 
-        A worker's record is out of the table, its slot released, before it is yielded."""
+        Workers are the master's only children: a binary upgrade's new master is not one (upgrade.py)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -134,12 +134,13 @@ class WorkerTable:
             if pid == 0:
                 return
             worker = self.workers.pop(pid, None)
-            if worker is not None:
-                self.stats.worker_gone(self.scoreboard.slots[worker.slot])
-                worker.exit_status = status
-                self.log_exit(worker, status)  # reads the slot: was it serving someone?
-                self.scoreboard.release(worker.slot)
-            yield pid, status, worker
+            if worker is None:
+                continue
+            self.stats.worker_gone(self.scoreboard.slots[worker.slot])
+            worker.exit_status = status
+            self.log_exit(worker, status)  # reads the slot: was it serving someone?
+            self.scoreboard.release(worker.slot)
+            yield worker, status
 
     def log_exit(self, worker: WorkerProcess, status: int) -> None:
         """Say how a worker left; one that died while serving counts as a restart (a boot failure is the

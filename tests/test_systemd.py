@@ -267,6 +267,24 @@ def test_new_master_announces_mainpid_after_usr2(server: Server, abstract_notify
     abstract_notify.wait(lambda m: m.pid == new and "STOPPING" in m.fields, "STOPPING from the new master")
 
 
+def test_a_new_master_that_fails_to_boot_says_nothing_to_systemd(
+        server: Server, abstract_notify: NotifySocket, tmp_path: Path) -> None:
+    """Issue 13: its STOPPING=1 (NotifyAccess=all lets it through) would stop the service the old master serves."""
+    app = tmp_path / "release.py"
+    app.write_text("import os\ndef handler(conn, addr):\n    conn.sendall(b'%d' % os.getpid())\n")
+    env = {"NOTIFY_SOCKET": abstract_notify.address, "WATCHDOG_USEC": "2000000"}
+    server.start("--chdir", str(tmp_path), app="release:handler", env=env).wait_ready(2)
+    abstract_notify.wait(lambda m: "READY" in m.fields, "READY")
+    app.write_text("raise ImportError('a bad release')\n")
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: "upgrade failed" in server.log(), timeout=20, what="the failed upgrade")
+    started = re.search(r"started new master \(pid (\d+)\)", server.log())
+    assert started is not None
+    said = [m.fields for m in abstract_notify.collect() if m.pid == int(started.group(1))]
+    assert all(set(fields) == {"WATCHDOG"} for fields in said), abstract_notify.describe()
+    assert server.ask_pid() in server.worker_pids()
+
+
 # --- socket activation, under the real systemd-socket-activate ---
 
 

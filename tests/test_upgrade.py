@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 from pathlib import Path
 
 import psutil
@@ -55,3 +57,30 @@ def test_failed_upgrade_keeps_old_master(server: Server, tmp_path: Path) -> None
     assert read_pid(pidfile) == server.pid
     assert not Path(str(pidfile) + ".oldbin").exists()
     assert server.ask_pid() in server.worker_pids()
+
+
+def test_new_master_is_not_the_old_masters_child(server: Server) -> None:
+    """Issue 13: the new master is adopted by the reaper (a service manager must see it as its own child)."""
+    server.start(app="testapps:hold", workers=1).wait_ready(1)
+    old_master = server.pid
+    with socket.create_connection(server.address, timeout=10) as held:
+        assert int(held.recv(64)) in server.worker_pids()  # an old worker holds it: the old master stays
+        server.signal(signal.SIGUSR2)
+        wait_for(lambda: "retiring this one" in server.log(), timeout=20, what="the new master serving")
+        started = re.search(r"started new master \(pid (\d+)\)", server.log())
+        assert started is not None
+        new_master = psutil.Process(int(started.group(1)))
+        assert server.proc is not None and server.proc.poll() is None  # still draining our connection
+        assert new_master.ppid() != old_master
+        assert new_master.pid not in {c.pid for c in psutil.Process(old_master).children()}
+    assert server.wait_exit(20) == 0
+    new_master.terminate()
+    psutil.wait_procs([new_master], timeout=20)
+
+
+def test_a_stale_upgrade_variable_is_not_an_upgrade(server: Server) -> None:
+    """The replaced master is recognised by pid and start time, not by being the parent."""
+    # Our own pid (we are prefork's parent) with a start time that is not ours.
+    server.start(workers=1, env={"_PREFORK_UPGRADE_FROM": f"{os.getpid()}:1"}).wait_ready(1)
+    server.ask_pid()
+    assert "asking the old master" not in server.log()
