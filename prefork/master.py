@@ -198,7 +198,8 @@ class Master:
             self.stop_gracefully()
 
     def stop_gracefully(self) -> None:
-        log.info("graceful stop: finishing connections in flight and queued (up to %gs)", self.settings.graceful_timeout)
+        log.info("graceful stop: finishing the connections in flight and queued (up to %gs)",
+                 self.settings.graceful_timeout)
         self.stop_all(Stop.GRACEFUL)
 
     def handle_int(self) -> None:

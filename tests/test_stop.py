@@ -21,7 +21,7 @@ import pytest
 from conftest import ROOT, Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
 from http_helpers import start_http
-from stop_helpers import DROPPED, NOT_ACCEPTED, SERVED, KeepAliveClient, StopLoad, ask_slow
+from stop_helpers import NOT_ACCEPTED, SERVED, KeepAliveClient, StopLoad, ask_slow
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +31,8 @@ STOP_BOUND = 15.0  # seconds from TERM to the master's exit: what was queued, ne
 def assert_nothing_dropped(load: StopLoad, server: Server) -> None:
     counts = load.attempts.counts
     assert counts[SERVED] > 0, counts
-    assert not load.attempts.drops, f"accepted, then dropped: {dict(load.attempts.drops)}; {dict(counts)}\n{server.log()}"
+    drops = dict(load.attempts.drops)
+    assert not drops, f"accepted, then dropped: {drops}; {dict(counts)}\n{server.log()}"
 
 
 def stop_under_load(server: Server, addresses: list[tuple[str, int]], attempt: object, threads: int = 8) -> StopLoad:
