@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .plan import Plan
 from .report import Section, Table, median
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +77,7 @@ def attempt(address: tuple[str, int]) -> str:
     return "served" if answer.startswith(b"HTTP/1.1 200") else "eof"
 
 
-def one_stop(argv: list[str], port: int) -> tuple[float, Counter[str]]:
+def one_stop(argv: list[str], port: int, sustain: float) -> tuple[float, Counter[str]]:
     """Start the server, load it, TERM it; (seconds from TERM to exit, outcomes after TERM)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFORK_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
@@ -83,23 +85,23 @@ def one_stop(argv: list[str], port: int) -> tuple[float, Counter[str]]:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
                                 start_new_session=True)
         try:
-            return load_and_stop(proc, ("127.0.0.1", port))
+            return load_and_stop(proc, ("127.0.0.1", port), sustain)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
 
-def load_and_stop(proc: subprocess.Popen[bytes], address: tuple[str, int]) -> tuple[float, Counter[str]]:
+def load_and_stop(proc: subprocess.Popen[bytes], address: tuple[str, int],
+                  sustain: float) -> tuple[float, Counter[str]]:
     wait_served(address)
     outcomes: Counter[str] = Counter()
     lock, stopped, termed = threading.Lock(), threading.Event(), threading.Event()
 
     def client() -> None:
         while not stopped.is_set():
-            after_term = termed.is_set()  # an attempt begun before TERM may still end after it
             outcome = attempt(address)
-            if after_term or outcome != "served":
+            if termed.is_set() or outcome != "served":  # every attempt that ended after TERM; any failure
                 with lock:
                     outcomes[outcome] += 1
             if outcome in ("refused", "connect timeout"):
@@ -108,7 +110,7 @@ def load_and_stop(proc: subprocess.Popen[bytes], address: tuple[str, int]) -> tu
     threads = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
     for thread in threads:
         thread.start()
-    time.sleep(2.0)  # sustained: every worker busy, the queue full
+    time.sleep(sustain)  # sustained: every worker busy, the queue full
     termed.set()
     started = time.monotonic()
     os.kill(proc.pid, signal.SIGTERM)
@@ -137,7 +139,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run(rounds: int) -> Section:
+def section(plan: Plan) -> Section:
+    """``python -m bench``'s section: as many rounds as the plan's (one, shorter, for --smoke)."""
+    if importlib.util.find_spec("gunicorn") is None:
+        return Section("Graceful stop", skipped="gunicorn is not installed")
+    return run(1 if plan.smoke else max(2, plan.rounds // 2), sustain=0.5 if plan.smoke else 2.0)
+
+
+def run(rounds: int, sustain: float = 2.0) -> Section:
     names = list(commands(0))
     took: dict[str, list[float]] = {name: [] for name in names}
     failures: dict[str, list[Counter[str]]] = {name: [] for name in names}
@@ -145,12 +154,13 @@ def run(rounds: int) -> Section:
         order = names if number % 2 == 0 else names[::-1]  # ABBA
         for name in order:
             port = free_port()
-            seconds, outcomes = one_stop(commands(port)[name], port)
+            seconds, outcomes = one_stop(commands(port)[name], port, sustain)
             took[name].append(seconds)
             failures[name].append(outcomes)
     table = Table(f"Graceful stop under sustained load ({CLIENTS} clients, {WORKERS} workers, "
                   f"{HANDLER_SECONDS:g} s handler; {rounds} rounds, medians)",
-                  ["server", "TERM → exit, s", "served after TERM", *KINDS, "accepted then dropped"], summary=True)
+                  ["server", "TERM → exit, s", "served, ended after TERM", *KINDS, "accepted then dropped"],
+                  summary=True)
     for name in names:
         kinds = [median([float(c[kind]) for c in failures[name]]) for kind in KINDS]
         dropped = median([float(sum(c[kind] for kind in DROPS)) for c in failures[name]])
