@@ -374,19 +374,21 @@ class Worker:
             handler(conn, addr)
         except SystemExit as exc:
             if os.getpid() != self.pid:
-                self.leave_forked_child(exc.code if isinstance(exc.code, int) else WORKER_EXIT_ERROR, "exited")
+                code = exc.code
+                status = 0 if code is None else code if isinstance(code, int) else WORKER_EXIT_ERROR
+                self.leave_forked_child(status, f"raised SystemExit({code!r}) in it")
             raise
         except BaseException:
             if os.getpid() != self.pid:
                 log.exception("handler %s failed in a process it forked", self.settings.app)
-                self.leave_forked_child(WORKER_EXIT_ERROR, "failed")
+                self.leave_forked_child(WORKER_EXIT_ERROR, "failed in it")
             raise
         if os.getpid() != self.pid:
-            self.leave_forked_child(WORKER_EXIT_OK, "returned")
+            self.leave_forked_child(WORKER_EXIT_OK, "returned from it")
 
     def leave_forked_child(self, status: int, how: str) -> NoReturn:
-        log.warning("a process (pid %d) forked by handler %s %s from it; it leaves with status %d instead of "
-                    "running the worker's code", os.getpid(), self.settings.app, how, status)
+        log.warning("a process (pid %d) forked by handler %s %s: it leaves with status %d instead of "
+                    "running prefork's code", os.getpid(), self.settings.app, how, status)
         os._exit(status)
 
     def begin_connection(self, peer: str) -> None:
