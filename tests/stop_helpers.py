@@ -81,7 +81,7 @@ class StopLoad:
 
 def connect(address: Any) -> socket.socket | None:
     """A connected socket, or None when the server did not accept (refused, or no handshake)."""
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    family = socket.AF_UNIX if isinstance(address, str) else socket.getaddrinfo(*address[:2])[0][0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)
     try:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, Server, free_port, request, wait_for
@@ -35,7 +36,7 @@ def assert_nothing_dropped(load: StopLoad, server: Server) -> None:
     assert not drops, f"accepted, then dropped: {drops}; {dict(counts)}\n{server.log()}"
 
 
-def stop_under_load(server: Server, addresses: list[tuple[str, int]], attempt: object, threads: int = 8) -> StopLoad:
+def stop_under_load(server: Server, addresses: list[Any], attempt: object, threads: int = 8) -> StopLoad:
     """TERM while ``threads`` clients keep coming; the master must exit 0 while they still come."""
     with StopLoad(addresses, threads, attempt) as load:  # type: ignore[arg-type]
         load.wait_served(10)
@@ -45,14 +46,20 @@ def stop_under_load(server: Server, addresses: list[tuple[str, int]], attempt: o
     return load
 
 
-@pytest.mark.parametrize("options", [[], ["--threads", "2"], ["--reuse-port"], ["two binds"]],
-                         ids=["plain", "threads", "reuse-port", "two-binds"])
-def test_term_under_sustained_load_serves_or_refuses(server: Server, options: list[str]) -> None:
-    addresses = [server.address]
+@pytest.mark.parametrize("options", [[], ["--threads", "2"], ["--reuse-port"], ["two binds"], ["ipv6 and unix"]],
+                         ids=["plain", "threads", "reuse-port", "two-binds", "ipv6-and-unix"])
+def test_term_under_sustained_load_serves_or_refuses(server: Server, options: list[str], tmp_path: Path) -> None:
+    addresses: list[Any] = [server.address]
     if options == ["two binds"]:
         second = free_port()
         options = ["--bind", f"127.0.0.1:{second}"]
         addresses.append(("127.0.0.1", second))
+    elif options == ["ipv6 and unix"]:
+        if not socket.has_ipv6:
+            pytest.skip("no IPv6")
+        v6, path = free_port("::1"), str(tmp_path / "s.sock")
+        options = ["--bind", f"[::1]:{v6}", "--bind", f"unix:{path}"]
+        addresses += [("::1", v6), path]
     server.start(*options, app="testapps:slow", workers=2).wait_ready(2)
     load = stop_under_load(server, addresses, ask_slow(b"0.3"))
     assert_nothing_dropped(load, server)
