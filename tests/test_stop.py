@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,9 +25,54 @@ from control_helpers import prefork, snapshot
 from http_helpers import start_http
 from stop_helpers import NOT_ACCEPTED, SERVED, KeepAliveClient, StopLoad, ask_slow
 
+from prefork import drain
+from prefork.view import Phase, Stop, phase
+
 pytestmark = pytest.mark.timeout(120)
 
 STOP_BOUND = 15.0  # seconds from TERM to the master's exit: what was queued, never the load that follows
+
+
+# --- the pieces: the listener filter on real sockets, the phase ---
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_filter_stops_new_handshakes_and_keeps_the_queue(host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as listener:
+        listener.bind((host, 0))
+        listener.listen(8)
+        address = listener.getsockname()[:2]
+        queued_before = socket.create_connection(address)
+        wait_for(lambda: drain.queued(listener) == 1, what="one connection queued")
+        drain.refuse_handshakes(listener)
+        late = socket.socket(family)
+        late.settimeout(0.5)
+        with pytest.raises(TimeoutError):  # the SYN went unanswered: not accepted, and nothing to drop
+            late.connect(address)
+        assert drain.queued(listener) == 1
+        conn, _ = listener.accept()  # what was completed before stays acceptable
+        queued_before.sendall(b"x")
+        assert conn.recv(1) == b"x"  # and data segments (ACK set) still pass
+        conn.close()
+        queued_before.close()
+        late.close()
+    with socket.socket(family) as after, pytest.raises(ConnectionRefusedError):
+        after.connect(address)  # closed: the next SYN is refused
+
+
+def test_the_phase_is_derived_from_the_stop_and_the_delay() -> None:
+    view = SimpleNamespace(stopping=None, shutdown_delay_ends=None)
+    assert phase(view) is Phase.SERVING  # type: ignore[arg-type]
+    view.shutdown_delay_ends = 100.0
+    assert phase(view) is Phase.SHUTDOWN_DELAY  # type: ignore[arg-type]
+    view.stopping = Stop.GRACEFUL
+    assert phase(view) is Phase.DRAINING  # type: ignore[arg-type]
+    view.stopping = Stop.FAST
+    assert phase(view).label == "stopping fast"  # type: ignore[arg-type]
+
+
+# --- the real server under load ---
 
 
 def assert_nothing_dropped(load: StopLoad, server: Server) -> None:
