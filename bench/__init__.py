@@ -11,5 +11,6 @@
     recovery.py    kill -9, HUP, startup, failed connections under signal storms
     footprint.py   memory, idle cost, leaks over 100 reloads
     http_section.py  wrk vs gunicorn, through bench/http_bench.py when it and its tools are there
+    stop.py        graceful stop under sustained load, prefork --wsgi vs gunicorn sync (also ``python -m bench.stop``)
     report.py      tables, medians, markdown, plots
 """

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fairness, footprint, http_section, plan, recovery, report, startup, throughput
+from . import fairness, footprint, http_section, plan, recovery, report, startup, stop, throughput
 from .report import Section
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,6 +30,7 @@ SECTIONS: dict[str, Callable[[plan.Plan], Section]] = {
     "footprint": footprint.run,
     "http": http_section.run,
     "startup": startup.run,
+    "stop": stop.section,
 }
 
 

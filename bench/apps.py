@@ -23,3 +23,12 @@ def probe(conn: socket.socket, addr: Any) -> None:
     if command == b"h":
         while conn.recv(4096):
             pass
+
+
+def slow_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The graceful-stop benchmark's app (bench/stop.py): 0.3 s of work per request."""
+    import time
+
+    time.sleep(0.3)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    return [b"ok\n"]

@@ -259,7 +259,8 @@ pid_option = click.option(
 
 
 def timeout_option(default: float | None, what: str) -> Callable[..., Any]:
-    shown = f"default: {default:g}" if default is not None else "default: the server's graceful timeout + 10"
+    shown = (f"default: {default:g}" if default is not None
+             else "default: the server's shutdown delay + graceful timeout + 10; --fast: 10")
     return click.option("--timeout", type=click.FloatRange(min=0), default=default, metavar="SECONDS",
                         help=f"Give up waiting for {what} after SECONDS [{shown}].")
 
@@ -300,14 +301,15 @@ def reload_command(pidfile: str, timeout: float) -> None:
 
 @main.command("stop")
 @pid_option
-@click.option("--graceful", is_flag=True, help="Let workers finish their connections (TERM) instead of QUIT.")
+@click.option("--fast", is_flag=True, help="Stop at once (QUIT): connections in flight are cut.")
+@click.option("--graceful", is_flag=True, hidden=True, help="The default (kept for compatibility).")
 @timeout_option(None, "the master to exit")
-def stop_command(pidfile: str, graceful: bool, timeout: float | None) -> None:
-    """Stop the server (fast, or --graceful) and wait until its master has exited."""
+def stop_command(pidfile: str, fast: bool, graceful: bool, timeout: float | None) -> None:
+    """Stop the server gracefully (TERM; --fast: QUIT) and wait until its master has exited."""
     from . import client
 
     with control_errors():
-        click.echo(client.stop(pidfile, graceful, timeout))
+        click.echo(client.stop(pidfile, fast, timeout))
 
 
 @main.command("scale", context_settings={"ignore_unknown_options": True})

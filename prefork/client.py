@@ -127,14 +127,24 @@ def reload(pidfile: str, timeout: float) -> str:
     return f"reloaded: generation {m['generation']} serving with {m['target_workers']} workers"
 
 
-def stop(pidfile: str, graceful: bool, timeout: float | None) -> str:
+STOP_MARGIN = 10.0  # seconds beyond the server's own bounds: reaping, exit, a loaded machine
+
+
+def stop(pidfile: str, fast: bool, timeout: float | None) -> str:
     """TERM (graceful) or QUIT (fast), then wait for the master to exit."""
     if timeout is None:
-        # A graceful stop may take the server's whole graceful timeout; a fast one is quick.
-        timeout = 10.0 + (query(pidfile)["master"]["graceful_timeout"] if graceful else 0.0)
-    pid = send_signal(pidfile, signal.SIGTERM if graceful else signal.SIGQUIT)
+        timeout = stop_wait(query(pidfile)["master"], fast)
+    pid = send_signal(pidfile, signal.SIGQUIT if fast else signal.SIGTERM)
     wait_until(lambda: not _alive(pid), timeout, f"master {pid} to exit")
-    return f"stopped: master {pid} exited ({'graceful' if graceful else 'fast'} stop)"
+    return f"stopped: master {pid} exited ({'fast' if fast else 'graceful'} stop)"
+
+
+def stop_wait(master: dict[str, Any], fast: bool) -> float:
+    """How long a correct stop may take: a graceful one, the server's shutdown delay and graceful
+    timeout (from its status snapshot); either, a margin."""
+    if fast:
+        return STOP_MARGIN
+    return float(master.get("shutdown_delay", 0.0)) + float(master["graceful_timeout"]) + STOP_MARGIN
 
 
 def _alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 
+from .drain import queued, refuse_handshakes
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .upgrade import inherited_ownership
@@ -116,7 +117,7 @@ class Listeners:
                 listener.sock.close()
 
     def stop_serving(self, shared_with_another_master: bool) -> None:
-        """The server stops: no new clients once the workers have drained what is queued.
+        """The server stops: no new clients on our sockets; the workers drain what the kernel completed.
 
         If another master serves on these sockets (the one a USR2 started, or the one that
         started us and that we have not yet told to retire), its workers block on them too and
@@ -129,12 +130,28 @@ class Listeners:
             self.stop_accepting()
 
     def stop_accepting(self) -> None:
-        """Shutdown: workers drain the queues with non-blocking accepts; new clients are refused
-        once the last copy of each socket closes."""
+        """Shutdown: the sockets we own complete no new handshake (drain.py) or lose their path, and turn
+        non-blocking for the workers' drain; we keep our copies to count what is left at exit.
+
+        A socket we did not make (systemd's, fd://) is left exactly as it is: it stays open in its
+        holder, whose next instance serves its queue.
+        """
         for listener in self.all():
+            if not listener.owned:
+                continue
+            if listener.address.kind == "tcp":
+                try:
+                    refuse_handshakes(listener.sock)
+                except OSError as exc:
+                    log.warning("%s: cannot stop new handshakes (%s); draining until the graceful timeout",
+                                listener.name, exc.strerror)
+            listener.unlink()  # a unix socket: no new client can connect once its path is gone
             listener.sock.setblocking(False)
-            listener.unlink()
-            listener.sock.close()
+
+    def still_queued(self) -> int:
+        """Connections completed on our own TCP sockets and never accepted (counted before closing)."""
+        return sum(queued(lst.sock) for lst in self.all()
+                   if lst.owned and lst.address.kind == "tcp" and lst.sock.fileno() != -1)
 
     def let_go(self) -> None:
         """Another master serves on these sockets: never unlink them, never change their flags."""

@@ -69,6 +69,7 @@ class Master:
         self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, tls_context)
         self.pidfile: Pidfile | None = None
         self.stopping: Stop | None = None  # GRACEFUL or FAST once the server stops
+        self.shutdown_delay_ends: float | None = None  # after TERM with --shutdown-delay: serving until then
         self.halt_error: Exception | None = None
         self.pool = Pool()  # --max-workers: decides num_workers from the scoreboard
         self.endpoints: list[Endpoint] = []  # control socket, metrics: answered in our loop
@@ -111,6 +112,7 @@ class Master:
         try:
             self.start()
             while True:
+                self.end_shutdown_delay()
                 self.manage_workers()
                 self.notifier.report(self)
                 if self.stopping and not self.workers:
@@ -153,8 +155,10 @@ class Master:
         now = time.monotonic()
         settings = self.settings
         deadlines = self.table.deadlines(now, settings.worker_timeout, settings.max_worker_memory)
-        # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1.
-        for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline()):
+        # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1; --shutdown-delay.
+        delay = None if self.stopping else self.shutdown_delay_ends
+        for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline(),
+                         delay):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -175,12 +179,29 @@ class Master:
     # --- signal handlers (called from the loop, never from signal context) ---
 
     def handle_term(self) -> None:
+        """Graceful stop, after --shutdown-delay; a TERM during the delay ends it, one during the stop makes it fast."""
+        delay = self.settings.shutdown_delay
         if self.stopping:
             log.info("second stop signal: stopping fast")
             self.stop_all(Stop.FAST)
+        elif self.shutdown_delay_ends is not None:
+            log.info("TERM during the shutdown delay: stopping now")
+            self.stop_gracefully()
+        elif delay:
+            self.shutdown_delay_ends = time.monotonic() + delay
+            log.info("shutdown delay: serving normally for %gs before stopping", delay)
+            self.notifier.stopping(self)
         else:
-            log.info("graceful stop: finishing connections (up to %gs)", self.settings.graceful_timeout)
-            self.stop_all(Stop.GRACEFUL)
+            self.stop_gracefully()
+
+    def end_shutdown_delay(self) -> None:
+        if self.shutdown_delay_ends is not None and not self.stopping and time.monotonic() >= self.shutdown_delay_ends:
+            self.stop_gracefully()
+
+    def stop_gracefully(self) -> None:
+        log.info("graceful stop: finishing the connections in flight and queued (up to %gs)",
+                 self.settings.graceful_timeout)
+        self.stop_all(Stop.GRACEFUL)
 
     def handle_int(self) -> None:
         log.info("fast stop")
@@ -203,8 +224,8 @@ class Master:
 
     def handle_usr2(self) -> None:
         """Binary upgrade: start a new master on our listeners; it tells us (WINCH) when it serves."""
-        if self.stopping or self.upgrade.under_way:
-            log.warning("USR2 ignored: %s", "stopping" if self.stopping else "an upgrade is under way")
+        if self.stopping or self.shutdown_delay_ends is not None or self.upgrade.under_way:
+            log.warning("USR2 ignored: %s", "an upgrade is under way" if self.upgrade.under_way else "stopping")
         elif not self.upgrade.start(self.listeners.shared, self.notifier.environment(), self.pidfile,
                                     HANDLED_SIGNALS, self.new_master_exited):
             self.reclaim_control_socket()
@@ -325,6 +346,9 @@ class Master:
 
     def cleanup(self) -> None:
         self.wakeup.restore()
+        lost = self.listeners.still_queued()
+        if lost:  # the graceful timeout ran out (or a fast stop) with connections still queued
+            log.warning("%d queued connection%s closed unserved", lost, "s" if lost != 1 else "")
         self.listeners.close_all()
         if self.pidfile is not None:
             self.pidfile.remove()

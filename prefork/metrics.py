@@ -13,7 +13,7 @@ from typing import Any
 
 from . import status
 from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT
-from .view import ServerView
+from .view import Phase, ServerView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -72,6 +72,8 @@ def exposition(master: ServerView) -> str:
     out.metric("prefork_program_timeouts_total", "counter", "--exec: programs killed for running past --timeout.",
                [({}, stats["program_timeouts"])])
     out.metric("prefork_generation", "gauge", "The generation of workers serving.", [({}, m["generation"])])
+    out.metric("prefork_phase", "gauge", "1 for the phase the server is in: serving, shutdown delay, draining, "
+               "stopping fast.", [({"phase": p.label}, int(p.label == m["phase"])) for p in Phase])
     out.metric("prefork_master_start_time_seconds", "gauge", "When the master started, in Unix time.",
                [({}, m["started"])])
     out.metric("prefork_worker_resident_memory_bytes", "gauge", "Resident memory of each worker process.",

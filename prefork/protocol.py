@@ -6,14 +6,16 @@ document until the master closes the connection. The answer to ``status``
 (built by ``status.snapshot`` in the master, read by ``client.py``) is::
 
     {"master":  {"pid", "name", "app", "generation", "pending_generation", "started",
-                 "listeners", "target_workers", "threads", "stopping", "graceful_timeout",
+                 "listeners", "target_workers", "threads", "stopping", "phase", "shutdown_delay",
+                 "graceful_timeout",
                  "pool": null | {"min_workers", "max_workers", "spare", "idle_retire"}},
      "stats":   {"connections", "restarts": {reason: count}, "reloads", "reload_failures",
                  "last_reload_error", "boot_failures", "program_failures", "program_timeouts"},
      "workers": [{"pid", "index", "generation", "state", "booted", "requests", "program_failures",
                   "program_timeouts", "started", "busy_for", "peer", "threads", "busy_threads"}, ...]}
 
-``started`` values are Unix times; ``state`` is one of ``booting``, ``idle``,
+``phase`` is ``serving``, ``shutdown delay``, ``draining`` or ``stopping fast``
+(``view.Phase``). ``started`` values are Unix times; ``state`` is one of ``booting``, ``idle``,
 ``busy``, ``stopping``. An unknown request is answered ``{"error": "..."}``.
 """
 

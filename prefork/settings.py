@@ -78,7 +78,13 @@ class Settings:
         parse=optional_text, metavar="FILE",
     )
     graceful_timeout: float = setting(
-        30.0, help="Seconds a graceful stop waits for busy workers before killing them.",
+        30.0, help="Seconds a graceful stop (after any --shutdown-delay) or a retiring worker may take "
+        "before being killed; a stop then closes what is still queued.",
+        parse=seconds, metavar="SECONDS",
+    )
+    shutdown_delay: float = setting(
+        0.0, help="On TERM, keep serving normally this long before the graceful stop (a load balancer "
+        "stops sending meanwhile); a second TERM starts the stop at once.",
         parse=seconds, metavar="SECONDS",
     )
     timeout: float = setting(

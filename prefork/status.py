@@ -12,7 +12,7 @@ from typing import Any
 
 from .scoreboard import BUSY, STATE_NAMES, Slot
 from .settings import Settings
-from .view import ServerView, WorkerProcess, busy_threads, connections_served, programs_counted
+from .view import ServerView, WorkerProcess, busy_threads, connections_served, phase, programs_counted
 
 
 def snapshot(master: ServerView) -> dict[str, Any]:
@@ -33,6 +33,8 @@ def snapshot(master: ServerView) -> dict[str, Any]:
             "target_workers": master.num_workers,
             "threads": settings.threads,
             "stopping": master.stopping.label if master.stopping else None,
+            "phase": phase(master).label,
+            "shutdown_delay": settings.shutdown_delay,
             "graceful_timeout": settings.graceful_timeout,
             "pool": pool_report(settings),
         },

@@ -57,7 +57,7 @@ def render(report: dict[str, Any], now: float | None = None) -> str:
         + (f" x {m['threads']} threads" if m["threads"] > 1 else "")
         + (f" (pool {m['pool']['min_workers']}-{m['pool']['max_workers']}, spare {m['pool']['spare']})"
            if m.get("pool") else "")
-        + (f"  STOPPING ({m['stopping']})" if m["stopping"] else ""),
+        + (f"  {m['phase'].upper()}" if m.get("phase", "serving") != "serving" else ""),
         "listening on " + (", ".join(m["listeners"]) or "nothing"),
         f"connections {stats['connections']}  restarts {restarts_text(stats['restarts'])}"
         f"  reloads {stats['reloads']} ({stats['reload_failures']} failed)  boot failures {stats['boot_failures']}",

@@ -9,7 +9,8 @@ systemd; it sends
 - ``RELOADING=1`` + ``MONOTONIC_USEC=`` when a HUP starts a reload, and
   ``READY=1`` when the reload is over, whether it committed or failed (the
   STATUS line then says why it failed);
-- ``STOPPING=1`` when it starts to stop, with ``EXTEND_TIMEOUT_USEC=`` covering
+- ``STOPPING=1`` when it starts to stop (at TERM, so also when a ``--shutdown-delay``
+  begins), with ``EXTEND_TIMEOUT_USEC=`` covering what is left of the delay plus
   the graceful drain (renewed with each STATUS change, as workers finish), so that
   a ``--graceful-timeout`` longer than systemd's ``TimeoutStopSec=`` is honoured;
 - ``STATUS=`` whenever the one-line summary changes (it is recomputed each time
@@ -54,7 +55,7 @@ import socket
 import time
 from collections.abc import MutableMapping
 
-from .view import ServerView, connections_served, generation_booted, serving
+from .view import Phase, ServerView, connections_served, generation_booted, phase, serving
 
 log = logging.getLogger("prefork")
 
@@ -113,12 +114,12 @@ class Notifier:
         if not self.enabled:
             return
         self.ping_watchdog()
-        if (not self.ready_sent and not master.stopping and master.pending is None
+        if (not self.ready_sent and phase(master) is Phase.SERVING and master.pending is None
                 and generation_booted(master, master.generation)):
             self.ready(master)
         elif self.standing_by(master):
             return
-        elif master.stopping:
+        elif phase(master) is not Phase.SERVING:
             self.status(summary(master), drain_left(master))
         else:
             self.status(summary(master))
@@ -222,6 +223,8 @@ def summary(master: ServerView) -> str:
     """The line a person reads in ``systemctl status``: "8 workers, generation 3, 1234 connections served"."""
     served = connections_served(master)
     connections = f"{served} connection{'s' if served != 1 else ''} served"
+    if phase(master) is Phase.SHUTDOWN_DELAY:
+        return f"shutdown delay, still serving: {connections}"
     if master.stopping:
         left = len(master.workers)
         return f"stopping ({master.stopping.label}): {left} worker{'s' if left != 1 else ''} finishing, {connections}"
@@ -237,8 +240,11 @@ def summary(master: ServerView) -> str:
 
 
 def drain_left(master: ServerView) -> float:
-    """Seconds until the last worker's kill deadline: how long a stop may still take."""
+    """Seconds until the last worker's kill deadline (during --shutdown-delay: the rest of it plus
+    --graceful-timeout): how long a stop may still take."""
     now = time.monotonic()
+    if phase(master) is Phase.SHUTDOWN_DELAY and master.shutdown_delay_ends is not None:
+        return max(0.0, master.shutdown_delay_ends - now) + master.settings.graceful_timeout
     return max((w.kill_at - now for w in master.workers.values() if w.kill_at is not None), default=0.0)
 
 

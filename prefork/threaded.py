@@ -140,6 +140,7 @@ class ThreadedWorker(Worker):
     def handle_term(self, signum: int, frame: Any) -> None:
         """Graceful stop: idle threads leave now, busy ones after their connection."""
         self.alive = False
+        self.stop_began = self.stop_began or time.monotonic()
         if not self.busy:
             self.slot.state = STOPPING
         self.wake_threads()

@@ -41,6 +41,18 @@ class Stop(Enum):
         return graceful_timeout if self.fixed_grace is None else self.fixed_grace
 
 
+class Phase(Enum):
+    """Where the server is in its life, as status, metrics, systemd and a readiness check read it."""
+
+    SERVING = "serving"
+    SHUTDOWN_DELAY = "shutdown delay"  # TERM came: still serving normally for --shutdown-delay
+    DRAINING = "draining"  # graceful stop: no new connections, serving what was in flight or queued
+    STOPPING_FAST = "stopping fast"
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+
 @dataclass
 class WorkerProcess:
     """The master's record of one worker it forked."""
@@ -84,6 +96,8 @@ class ServerView(Protocol):
     @property
     def stopping(self) -> Stop | None: ...
     @property
+    def shutdown_delay_ends(self) -> float | None: ...  # time.monotonic() when a TERM's delay ends
+    @property
     def new_master(self) -> int | None: ...  # the pid of the master a USR2 upgrade started (not our child)
     @property
     def replaces(self) -> int | None: ...  # the pid of the master we were started to replace
@@ -92,6 +106,13 @@ class ServerView(Protocol):
 
 
 # --- the derived facts, one home each ---
+
+
+def phase(view: ServerView) -> Phase:
+    """Serving, in the shutdown delay, draining or stopping fast: the one answer for every reader."""
+    if view.stopping is not None:
+        return Phase.DRAINING if view.stopping is Stop.GRACEFUL else Phase.STOPPING_FAST
+    return Phase.SERVING if view.shutdown_delay_ends is None else Phase.SHUTDOWN_DELAY
 
 
 def busy_threads(slot: Slot) -> int:

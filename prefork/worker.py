@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import events, hooks, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
+from .drain import HANDSHAKE_SETTLE, handshakes_under_way
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
 from .events import EVENT_BOOTED, EVENT_RETIRE
 from .importer import load_handler
@@ -99,7 +100,9 @@ class Worker:
         self.server = spec.server  # what hooks read of the master (our forked copy), for post_fork
         # PROXY header, access rules, TLS, timeouts (connection.py); None: hand over as accepted.
         self.prepare: Prepare | None = None
+        self.pid = 0  # ours, once set up (after fork)
         self.alive = True
+        self.stop_began = 0.0  # time.monotonic() of TERM
         self.idle = False  # True only while waiting for a connection: TERM may then raise
         self.reopen_logs = False
         self.retire_at = 0
@@ -205,7 +208,7 @@ class Worker:
         self.log.set_role(f"worker {self.index} gen {self.generation}")
         proctitle.set_title(f"worker [{self.settings.proc_name}] #{self.index} gen {self.generation}")
         faulthandler.enable(file=self.log.stream_fileno(), all_threads=True)
-        self.slot.pid = os.getpid()
+        self.slot.pid = self.pid = os.getpid()  # a process a handler forks has another: see call_handler
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     # --- waiting for connections ---
@@ -284,10 +287,23 @@ class Worker:
             time.sleep(0.1)  # out of resources: let other workers take the queued connection
 
     def drain(self, handler: Handler) -> None:
-        """On shutdown, serve what the kernel already queued instead of letting close() reset it."""
-        for listener in self.listeners:
-            while self.accept_one(handler, listener.sock):
-                pass
+        """On shutdown, serve what the kernel completed on the sockets the master closes (drain.py).
+
+        They complete no new handshake now, so the queue only shrinks; while it is empty, wait for
+        the final ACKs of handshakes under way at the stop, for at most HANDSHAKE_SETTLE seconds from
+        it. A socket someone else holds (systemd's) is not ours to drain: its next instance serves it.
+        """
+        ours = [listener.sock for listener in self.listeners if listener.owned]
+        ports = {sock.getsockname()[1] for sock in ours if sock.family in (socket.AF_INET, socket.AF_INET6)}
+        give_up = (self.stop_began or time.monotonic()) + HANDSHAKE_SETTLE
+        while ours:
+            for listener in ours:
+                while self.accept_one(handler, listener):
+                    pass
+            left = give_up - time.monotonic()
+            if left <= 0 or not ports or not handshakes_under_way(ports):
+                return
+            select.select(ours, [], [], min(left, 0.05))
 
     def serve_orphan(self, handler: Handler) -> None:
         """Serve a connection accept() returned just as TERM raised, if there is one.
@@ -329,7 +345,7 @@ class Worker:
         try:
             if self.prepare is not None:
                 conn, addr = self.prepare(conn, addr)
-            handler(conn, addr)
+            self.call_handler(handler, conn, addr)
         except Refused:
             pass  # logged (rate-limited) where it was decided; closed before any app code ran
         except TimeoutError:
@@ -361,6 +377,29 @@ class Worker:
             self.retire_requested = True
             log.info("served %d connections (--max-requests), asking to be replaced", slot.requests)
             self.tell_master(EVENT_RETIRE)
+
+    def call_handler(self, handler: Handler, conn: socket.socket, addr: Any) -> None:
+        """Run the handler; a process it forked that comes back from it leaves at once (never serves)."""
+        try:
+            handler(conn, addr)
+        except SystemExit as exc:
+            if os.getpid() != self.pid:
+                code = exc.code
+                status = 0 if code is None else code if isinstance(code, int) else WORKER_EXIT_ERROR
+                self.leave_forked_child(status, f"raised SystemExit({code!r}) in it")
+            raise
+        except BaseException:
+            if os.getpid() != self.pid:
+                log.exception("handler %s failed in a process it forked", self.settings.app)
+                self.leave_forked_child(WORKER_EXIT_ERROR, "failed in it")
+            raise
+        if os.getpid() != self.pid:
+            self.leave_forked_child(WORKER_EXIT_OK, "returned from it")
+
+    def leave_forked_child(self, status: int, how: str) -> NoReturn:
+        log.warning("a process (pid %d) forked by handler %s %s: it leaves with status %d instead of "
+                    "running prefork's code", os.getpid(), self.settings.app, how, status)
+        os._exit(status)
 
     def begin_connection(self, peer: str) -> None:
         """Show the connection in our slot (threaded.py shares the slot between threads)."""
@@ -452,6 +491,7 @@ class Worker:
     def handle_term(self, signum: int, frame: Any) -> None:
         """Graceful stop: finish the current connection; leave at once if idle."""
         self.alive = False
+        self.stop_began = self.stop_began or time.monotonic()
         self.slot.state = STOPPING
         if self.idle:
             raise StopServing

@@ -16,7 +16,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
     report = (tmp_path / "results.md").read_text()
-    for heading in ("Throughput", "Fairness", "Recovery", "Footprint", "HTTP"):
+    for heading in ("Throughput", "Fairness", "Recovery", "Footprint", "HTTP", "Graceful stop"):
         assert f"## {heading}" in report, report
     assert "| tcp: new connections/s" in report, report
     assert "kill -9 of a worker" in report, report

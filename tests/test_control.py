@@ -62,7 +62,7 @@ def test_failed_reload_is_an_error(server: Server, tmp_path: Path) -> None:
 
 def test_stop_fast_waits_for_the_master(server: Server, tmp_path: Path) -> None:
     pidfile = start(server, tmp_path)
-    result = prefork("stop", "--pid", str(pidfile))
+    result = prefork("stop", "--fast", "--pid", str(pidfile))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"stopped: master {server.pid} exited (fast stop)"
     assert server.wait_exit(10) == 0 and not pidfile.exists()

@@ -45,6 +45,8 @@ def test_scrape_counts_connections_workers_and_memory(server: Server) -> None:
     assert value(samples, "prefork_workers", state="busy") == 0
     assert value(samples, "prefork_workers_target") == 2
     assert value(samples, "prefork_generation") == 1
+    assert value(samples, "prefork_phase", phase="serving") == 1
+    assert value(samples, "prefork_phase", phase="draining") == 0
     memory = samples["prefork_worker_resident_memory_bytes"]
     assert {labels["pid"] for labels, _ in memory} == {str(pid) for pid in server.worker_pids()}
     assert all(rss > 1_000_000 for _, rss in memory)

@@ -35,6 +35,7 @@ class View:
     scoreboard: Scoreboard = field(default_factory=lambda: Scoreboard(64))
     stats: Stats = field(default_factory=Stats)
     stopping: Stop | None = None
+    shutdown_delay_ends: float | None = None
     new_master: int | None = None
     replaces: int | None = None
     listener_names: Sequence[str] = ()

@@ -243,6 +243,19 @@ def test_graceful_drain_extends_the_stop_timeout(server: Server, abstract_notify
     assert status_of(abstract_notify.collect()[-1]).startswith("stopping (graceful): 0 workers finishing")
 
 
+def test_shutdown_delay_is_announced_and_covered(server: Server, abstract_notify: NotifySocket) -> None:
+    server.start("--shutdown-delay", "3", "--graceful-timeout", "20", workers=1,
+                 env={"NOTIFY_SOCKET": abstract_notify.address}).wait_ready(1)
+    abstract_notify.wait(lambda m: "READY" in m.fields, "READY")
+    server.signal(signal.SIGTERM)
+    stopping = abstract_notify.wait(lambda m: "STOPPING" in m.fields, "STOPPING at the start of the delay")
+    assert status_of(stopping).startswith("shutdown delay, still serving")
+    extension = int(stopping.fields["EXTEND_TIMEOUT_USEC"])
+    assert 20_000_000 <= extension <= 29_000_000  # the 3 s delay and the 20 s drain (less time elapsed), a margin
+    assert server.ask_pid() > 0  # still serving
+    assert server.wait_exit(30) == 0
+
+
 def test_workers_see_no_systemd_variables(server: Server, abstract_notify: NotifySocket) -> None:
     env = {"NOTIFY_SOCKET": abstract_notify.address, "WATCHDOG_USEC": "5000000"}
     server.start(app="test_systemd:environ_handler", env=env).wait_ready(2)

@@ -95,3 +95,19 @@ def leave(conn: socket.socket, addr: Any) -> None:
     if how == b"_exit":
         os._exit(0)
     conn.sendall(f"{os.getpid()}\n".encode())
+
+
+def forks(conn: socket.socket, addr: Any) -> None:
+    """b"return" / b"exit": fork a child that returns from the handler / raises SystemExit(7); answer
+    ``child-pid status`` once it has exited. Anything else: answer ``our-pid 0``."""
+    how = conn.recv(64).strip()
+    if how not in (b"return", b"exit"):
+        conn.sendall(f"{os.getpid()} 0\n".encode())
+        return
+    child = os.fork()
+    if child == 0:
+        if how == b"exit":
+            raise SystemExit(7)
+        return  # back into the worker's code: it must leave at once
+    _, status = os.waitpid(child, 0)
+    conn.sendall(f"{child} {os.waitstatus_to_exitcode(status)}\n".encode())
