@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -19,9 +20,11 @@ from typing import Any
 import psutil
 
 from . import protocol, status_table
-from .errors import ControlError, NotRunningError
+from .errors import ControlError, NotRunningError, UsageError
 from .pidfile import read_pid
 from .protocol import MASTER_TITLE, control_path
+from .settings import Settings
+from .values import Number
 
 QUERY_TIMEOUT = 5.0
 POLL_INTERVAL = 0.1
@@ -148,26 +151,35 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def parse_scale(spec: str, current: int) -> int:
-    """``N`` sets the worker count; ``+N`` and ``-N`` change it."""
+def parse_scale(spec: str) -> tuple[int, bool]:
+    """``N`` (set the worker count), ``+N`` or ``-N`` (change it): the amount, and whether it is a change.
+
+    UsageError for anything else, before the master is contacted.
+    """
     text = spec.strip()
-    try:
-        amount = int(text)
-    except ValueError:
-        raise ControlError(f"{spec!r} is not a worker count (expected N, +N or -N)") from None
-    wanted = current + amount if text[:1] in "+-" else amount
-    if wanted < 1:
-        raise ControlError(f"cannot scale to {wanted} workers (at least 1)")
-    return wanted
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", text):
+        raise UsageError(f"{spec!r} is not a worker count (expected N, +N or -N)")
+    amount, relative = int(text), text[0] in "+-"
+    if not relative:
+        _check_count(amount, f"cannot scale to {amount} workers")
+    return amount, relative
 
 
-def scale(pidfile: str, spec: str, timeout: float) -> str:
+def _check_count(wanted: int, what: str) -> None:
+    bounds: Number = Settings.__dataclass_fields__["workers"].metadata["meta"].parse  # as --workers is bounded
+    if not bounds.minimum <= wanted <= bounds.maximum:
+        raise UsageError(f"{what} (expected {bounds.bounds})")
+
+
+def scale(pidfile: str, change: tuple[int, bool], timeout: float) -> str:
     """TTIN/TTOU one at a time (signals of one kind coalesce), then wait for the workers to match."""
     report = query(pidfile)
     if report["master"].get("pool"):
         raise ControlError("the adaptive pool (--max-workers) sizes this server; scale does not apply")
     before = report["master"]["target_workers"]
-    wanted = parse_scale(spec, before)
+    amount, relative = change
+    wanted = before + amount if relative else amount
+    _check_count(wanted, f"cannot scale from {before} to {wanted} workers")
     deadline = time.monotonic() + timeout
     target = before
     while target != wanted:

@@ -43,6 +43,12 @@ class ConfigError(PreforkError):
     exit_status = EXIT_USAGE
 
 
+class UsageError(PreforkError):
+    """A command's argument is wrong (found before anything is contacted or changed)."""
+
+    exit_status = EXIT_USAGE
+
+
 class BindError(PreforkError):
     """A listening socket could not be created, bound or inherited."""
 

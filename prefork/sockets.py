@@ -60,8 +60,9 @@ def parse_address(text: str) -> Address:
         port_text = rest[1:]
     else:
         host, sep, port_text = text.rpartition(":")
-        if not sep or not host or ":" in host:
+        if not sep or ":" in host:
             raise ConfigError(f"{text!r} is not a bind address (expected {BIND_FORMS})")
+        host = host or "0.0.0.0"  # gunicorn's :PORT, every IPv4 interface ([::]:PORT for IPv6)
     if not port_text.isdigit() or int(port_text) > 65535:
         raise ConfigError(f"{text!r} has no valid port (expected a number 0-65535)")
     return Address("tcp", host=host, port=int(port_text))
