@@ -27,6 +27,7 @@ from .settings import Settings
 from .values import Number
 
 QUERY_TIMEOUT = 5.0
+MAX_ANSWER = 64 << 20  # bytes; 4096 workers take about 1.5 MB
 POLL_INTERVAL = 0.1
 
 
@@ -62,18 +63,41 @@ def query(pidfile: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
         try:
             sock.connect(path)
             sock.sendall(protocol.request())
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
+            answer = _read_answer(sock, time.monotonic() + timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunningError(f"the master at {pidfile} has no control socket ({path})") from None
         except OSError as exc:
             raise ControlError(f"cannot query the master through {path}: {exc.strerror or exc}") from None
     try:
-        report = protocol.decode(b"".join(chunks))
-    except ValueError:
-        raise ControlError(f"the master at {pidfile} gave a malformed answer") from None
-    return report
+        return protocol.decode(answer)
+    except ValueError as exc:
+        error = _error_in(answer)
+        if error is not None:
+            raise ControlError(f"the master at {pidfile} answered: {error!r}") from None
+        raise ControlError(f"the master at {pidfile} gave a malformed answer ({exc})") from None
+
+
+def _read_answer(sock: socket.socket, deadline: float) -> bytes:
+    """Everything until the master closes: at most MAX_ANSWER bytes, by the deadline (TimeoutError)."""
+    chunks, size = [], 0
+    while data := sock.recv(65536):
+        chunks.append(data)
+        size += len(data)
+        if size > MAX_ANSWER:
+            raise OSError(0, f"the answer is longer than {MAX_ANSWER} bytes")
+        if time.monotonic() > deadline:
+            raise TimeoutError(0, "timed out")
+    return b"".join(chunks)
+
+
+def _error_in(answer: bytes) -> str | None:
+    """The text of an ``{"error": ...}`` answer, if that is what it is."""
+    try:
+        document = json.loads(answer)
+    except (ValueError, RecursionError):
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    return error[:200] if isinstance(error, str) else None
 
 
 def send_signal(pidfile: str, sig: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +86,9 @@ def _read_toml(path: str) -> tuple[dict[str, Any], str]:
         return tomllib.loads(source), source
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(path, source, exc) from None
-    except ValueError as exc:  # an integer of more than 4300 digits
-        raise ConfigError(f"{path}: invalid TOML: {exc}".split(";")[0]) from None
+    except ValueError:  # Python's limit on converting digits
+        raise ConfigError(f"{path}: invalid TOML: an integer of more than {sys.get_int_max_str_digits()} "
+                          "digits") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 

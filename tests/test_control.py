@@ -16,7 +16,7 @@ from control_helpers import prefork, snapshot, status_json
 
 from prefork.client import parse_scale
 from prefork.endpoint import MAX_CONNECTIONS, Endpoint
-from prefork.errors import ControlError, UsageError
+from prefork.errors import UsageError
 from prefork.pidfile import read_pid
 
 
