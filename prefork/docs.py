@@ -111,6 +111,15 @@ a decimal integer (`umask = 27`) is refused with a line saying how to write it.
 An unknown `PREFORK_*` variable close to a setting's name (`PREFORK_WOKERS`) is a
 mistake, with the suggestion; one close to none (`PREFORK_HOME`) is ignored with a
 one-line warning.
+
+**Coming from gunicorn**: `--bind :8000` means `0.0.0.0:8000`, every IPv4 interface, as in
+gunicorn (`[::]:8000` is every IPv6 one). An unknown option that is gunicorn's is answered
+with prefork's equivalent rather than the nearest spelling: `--print-config` and
+`--check-config` with `prefork check`, `--access-logfile` with `--access-log`,
+`--error-logfile` with `--log-file`, `--keep-alive` with `--keepalive`, `--pythonpath` with
+`--chdir`, `--access-logformat` with `--access-log-format`, `--proxy-allow-from` with
+`--proxy-allow`. Whatever the file, the environment or the command line hold, loading them
+ends in the settings or in one line and status 2 (`tests/test_fuzz_input.py` fuzzes all three).
 """
 
 SETTINGS_NOTES = """\

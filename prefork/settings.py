@@ -61,7 +61,7 @@ class Settings:
     )
     bind: tuple[Address, ...] = setting(
         (parse_address("127.0.0.1:8000"),),
-        help="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable).",
+        help="Listen on HOST:PORT, :PORT (every IPv4 interface), [IPV6]:PORT, unix:PATH or fd://N (repeatable).",
         parse=bind_list, metavar="ADDR", short="-b", multiple=True,
     )
     backlog: int = setting(2048, help="The listen() queue length.", parse=integer(1, 65535), metavar="N")
