@@ -27,6 +27,7 @@ from conftest import Server, wait_for
 from control_helpers import snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hostile_input import from_cli
 
 from prefork import cli, client, sources, status_table
 from prefork import settings as declaration
@@ -119,8 +120,7 @@ OPTIONS = [o for p in cli.run.params if isinstance(p, click.Option) for o in p.o
 def test_any_command_line_loads_or_is_one_line(args: list[tuple[str, str]], app: str | None) -> None:
     argv = [item for option, value in args for item in (option, value)] + ([app] if app is not None else [])
     try:
-        ctx = cli.run.make_context("run", argv)
-        sources.load(cli._cli_values(ctx.params.pop("app"), ctx.params), {})
+        from_cli(argv)
     except click.ClickException as exc:
         assert exc.exit_code == 2
         one_line(exc)

@@ -45,8 +45,10 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 def from_cli(args: list[str]) -> Any:
     """Settings from command-line arguments, parsed by the real ``run`` command (without serving)."""
-    ctx = cli.run.make_context("run", args)
-    return sources.load(cli._cli_values(ctx.params.pop("app"), ctx.params), {})[0]
+    params = dict(cli.run.make_context("run", args).params)
+    app = params.pop("app")
+    exec_mode = {"exec_flag": params.pop("exec_flag")} if "exec_flag" in params else {}  # with exec mode (issue 19)
+    return sources.load(cli._cli_values(app, params, **exec_mode), {})[0]
 
 
 # --- tier 1: every bounded setting, from every source ---
