@@ -32,7 +32,7 @@ from test_hostile_input import from_cli
 from prefork import cli, client, sources, status_table
 from prefork import settings as declaration
 from prefork.endpoint import MAX_REQUEST
-from prefork.errors import ControlError, NotRunningError, PreforkError
+from prefork.errors import ControlError, NotRunningError, PreforkError, UsageError
 
 EXAMPLES = int(os.environ.get("PREFORK_FUZZ_EXAMPLES", "150"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -126,6 +126,24 @@ def test_any_command_line_loads_or_is_one_line(args: list[tuple[str, str]], app:
         one_line(exc)
     except PreforkError as exc:
         assert exc.exit_status == 2
+        one_line(exc)
+
+
+@fuzz
+@given(spec=st.one_of(TEXT, st.from_regex(r"\s*[+-]{0,2}[0-9]{0,12}(\.[0-9])?\s*", fullmatch=True)),
+       timeout=VALUE_TEXT)
+def test_any_control_argument_is_usable_or_status_2(spec: str, timeout: str) -> None:
+    """``prefork scale SPEC --timeout T``, as parsed before the master is contacted."""
+    try:
+        amount, relative = client.parse_scale(spec)
+        assert relative or 1 <= amount <= 4096
+    except UsageError as exc:
+        assert exc.exit_status == 2
+        one_line(exc)
+    try:
+        assert 0 <= cli._seconds(click.Context(cli.stop_command), click.Option(["--timeout"]), timeout) <= 86400
+    except click.BadParameter as exc:
+        assert exc.exit_code == 2
         one_line(exc)
 
 
