@@ -20,7 +20,7 @@ from .log import Log
 from .peer import Handler
 from .settings import Settings
 from .upgrade import UPGRADE_VAR
-from .values import Meta, app_spec, command_line
+from .values import Meta, app_spec, command_line, seconds
 
 EXAMPLES_HINT = (
     "Missing APP: the handler to serve, as module:attribute.\n"
@@ -42,6 +42,27 @@ def _validator(name: str, meta: Meta) -> Callable[[click.Context, click.Paramete
     return validate
 
 
+# gunicorn's option names with no prefork option of a close spelling: click's nearest one would mislead.
+GUNICORN_EQUIVALENTS = {
+    "--print-config": "prefork check", "--check-config": "prefork check",
+    "--access-logfile": "--access-log", "--error-logfile": "--log-file", "--keep-alive": "--keepalive",
+    "--access-logformat": "--access-log-format", "--pythonpath": "--chdir",
+    "--proxy-allow-from": "--proxy-allow", "--limit-request-field_size": "--limit-request-field-size",
+}
+
+
+class SettingsCommand(click.Command):
+    """``run`` and ``check``: an unknown gunicorn option name is answered with prefork's equivalent."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            if exc.option_name in GUNICORN_EQUIVALENTS:
+                exc.possibilities = [GUNICORN_EQUIVALENTS[exc.option_name]]
+            raise
+
+
 def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one click option per declared setting (the declaration is in settings.py)."""
     for f, meta in reversed(list(settings_mod.declared())):
@@ -51,7 +72,8 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
         decls = [long] if not meta.short else [meta.short, long]
         if meta.flag:
             decls = [f"{long}/--no-{long[2:]}"]
-        help_text = f"{meta.help} [default: {settings_mod.default_text(f, meta)}; env PREFORK_{f.name.upper()}]"
+        bounds = f"; {meta.bounds}" if meta.bounds else ""
+        help_text = f"{meta.help} [default: {settings_mod.default_text(f, meta)}{bounds}; env PREFORK_{f.name.upper()}]"
         command = click.option(
             *decls, f.name, default=None, multiple=meta.multiple, metavar=meta.metavar or None,
             help=help_text, callback=_validator(f.name, meta), expose_value=True,
@@ -73,7 +95,7 @@ def app_or_program(command: Callable[..., Any]) -> Callable[..., Any]:
                         help=f"{meta.help} [env PREFORK_EXEC]")(command)
 
 
-@main.command()
+@main.command(cls=SettingsCommand)
 @app_or_program
 @setting_options
 def run(app: tuple[str, ...], exec_flag: bool, **options: Any) -> None:
@@ -99,7 +121,7 @@ def run(app: tuple[str, ...], exec_flag: bool, **options: Any) -> None:
     sys.exit(status)
 
 
-@main.command()
+@main.command(cls=SettingsCommand)
 @app_or_program
 @setting_options
 def check(app: tuple[str, ...], exec_flag: bool, **options: Any) -> None:
@@ -261,8 +283,16 @@ pid_option = click.option(
 def timeout_option(default: float | None, what: str) -> Callable[..., Any]:
     shown = (f"default: {default:g}" if default is not None
              else "default: the server's shutdown delay + graceful timeout + 10; --fast: 10")
-    return click.option("--timeout", type=click.FloatRange(min=0), default=default, metavar="SECONDS",
-                        help=f"Give up waiting for {what} after SECONDS [{shown}].")
+    return click.option("--timeout", default=default, metavar="SECONDS", callback=_seconds,
+                        help=f"Give up waiting for {what} after SECONDS ({seconds.bounds}) [{shown}].")
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+    """A control command's --timeout, bounded as the settings' durations are."""
+    try:
+        return None if value is None else float(seconds(value))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -321,4 +351,5 @@ def scale_command(count: str, pidfile: str, timeout: float) -> None:
     from . import client
 
     with control_errors():
-        click.echo(client.scale(pidfile, count, timeout))
+        change = client.parse_scale(count)  # a wrong N is status 2 before the master is contacted
+        click.echo(client.scale(pidfile, change, timeout))

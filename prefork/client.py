@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -19,11 +20,14 @@ from typing import Any
 import psutil
 
 from . import protocol, status_table
-from .errors import ControlError, NotRunningError
+from .errors import ControlError, NotRunningError, UsageError
 from .pidfile import pid_in_file
 from .protocol import MASTER_TITLE, control_path
+from .settings import Settings
+from .values import Number
 
 QUERY_TIMEOUT = 5.0
+MAX_ANSWER = 64 << 20  # bytes; 4096 workers take about 1.5 MB
 POLL_INTERVAL = 0.1
 
 
@@ -55,18 +59,41 @@ def query(pidfile: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
         try:
             sock.connect(path)
             sock.sendall(protocol.request())
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
+            answer = _read_answer(sock, time.monotonic() + timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunningError(f"the master at {pidfile} has no control socket ({path})") from None
         except OSError as exc:
             raise ControlError(f"cannot query the master through {path}: {exc.strerror or exc}") from None
     try:
-        report = protocol.decode(b"".join(chunks))
-    except ValueError:
-        raise ControlError(f"the master at {pidfile} gave a malformed answer") from None
-    return report
+        return protocol.decode(answer)
+    except ValueError as exc:
+        error = _error_in(answer)
+        if error is not None:
+            raise ControlError(f"the master at {pidfile} answered: {error!r}") from None
+        raise ControlError(f"the master at {pidfile} gave a malformed answer ({exc})") from None
+
+
+def _read_answer(sock: socket.socket, deadline: float) -> bytes:
+    """Everything until the master closes: at most MAX_ANSWER bytes, by the deadline (TimeoutError)."""
+    chunks, size = [], 0
+    while data := sock.recv(65536):
+        chunks.append(data)
+        size += len(data)
+        if size > MAX_ANSWER:
+            raise OSError(0, f"the answer is longer than {MAX_ANSWER} bytes")
+        if time.monotonic() > deadline:
+            raise TimeoutError(0, "timed out")
+    return b"".join(chunks)
+
+
+def _error_in(answer: bytes) -> str | None:
+    """The text of an ``{"error": ...}`` answer, if that is what it is."""
+    try:
+        document = json.loads(answer)
+    except (ValueError, RecursionError):
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    return error[:200] if isinstance(error, str) else None
 
 
 def send_signal(pidfile: str, sig: int) -> int:
@@ -154,26 +181,35 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def parse_scale(spec: str, current: int) -> int:
-    """``N`` sets the worker count; ``+N`` and ``-N`` change it."""
+def parse_scale(spec: str) -> tuple[int, bool]:
+    """``N`` (set the worker count), ``+N`` or ``-N`` (change it): the amount, and whether it is a change.
+
+    UsageError for anything else, before the master is contacted.
+    """
     text = spec.strip()
-    try:
-        amount = int(text)
-    except ValueError:
-        raise ControlError(f"{spec!r} is not a worker count (expected N, +N or -N)") from None
-    wanted = current + amount if text[:1] in "+-" else amount
-    if wanted < 1:
-        raise ControlError(f"cannot scale to {wanted} workers (at least 1)")
-    return wanted
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", text):
+        raise UsageError(f"{spec!r} is not a worker count (expected N, +N or -N)")
+    amount, relative = int(text), text[0] in "+-"
+    if not relative:
+        _check_count(amount, f"cannot scale to {amount} workers")
+    return amount, relative
 
 
-def scale(pidfile: str, spec: str, timeout: float) -> str:
+def _check_count(wanted: int, what: str) -> None:
+    bounds: Number = Settings.__dataclass_fields__["workers"].metadata["meta"].parse  # as --workers is bounded
+    if not bounds.minimum <= wanted <= bounds.maximum:
+        raise UsageError(f"{what} (expected {bounds.bounds})")
+
+
+def scale(pidfile: str, change: tuple[int, bool], timeout: float) -> str:
     """TTIN/TTOU one at a time (signals of one kind coalesce), then wait for the workers to match."""
     report = query(pidfile)
     if report["master"].get("pool"):
         raise ControlError("the adaptive pool (--max-workers) sizes this server; scale does not apply")
     before = report["master"]["target_workers"]
-    wanted = parse_scale(spec, before)
+    amount, relative = change
+    wanted = before + amount if relative else amount
+    _check_count(wanted, f"cannot scale from {before} to {wanted} workers")
     deadline = time.monotonic() + timeout
     target = before
     while target != wanted:

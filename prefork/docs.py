@@ -101,7 +101,26 @@ address held by the live server its `--pid` file names is fine, so an edited fil
 be checked before `prefork reload`).
 A mistake is reported with the file and line (`app.toml, line 3: unknown setting
 'wokers' (did you mean 'workers'?)`) and exit status 2; on HUP, an invalid file is
-logged and the server keeps the configuration it has.
+logged and the server keeps the configuration it has. Counts, sizes and durations
+must lie within their bounds (below): `inf`, `nan`, a negative number or one past the
+maximum is such a mistake, the same in the file, the environment, `run` and `check`
+(`prefork run --timeout inf` exits 2 with `Error: Invalid value for '--timeout': inf
+is too large (expected seconds from 0 to 86400)`).
+Modes (`umask`, `unix_mode`) are octal: in TOML `umask = 0o027` or `umask = "027"`;
+a decimal integer (`umask = 27`) is refused with a line saying how to write it.
+An unknown `PREFORK_*` variable close to a setting's name (`PREFORK_WOKERS`) is a
+mistake, with the suggestion; one close to none (`PREFORK_HOME`) is ignored with a
+one-line warning.
+
+**Coming from gunicorn**: `--bind :8000` means `0.0.0.0:8000`, every IPv4 interface, as in
+gunicorn (`[::]:8000` is every IPv6 one). An unknown option that is gunicorn's is answered
+with prefork's equivalent rather than the nearest spelling: `--print-config` and
+`--check-config` with `prefork check`, `--access-logfile` with `--access-log`,
+`--error-logfile` with `--log-file`, `--keep-alive` with `--keepalive`, `--pythonpath` with
+`--chdir`, `--access-logformat` with `--access-log-format`, `--proxy-allow-from` with
+`--proxy-allow`. Whatever the file, the environment or the command line hold, loading them
+ends in the settings or in one line and status 2 (`tests/test_fuzz_input.py` fuzzes all three:
+150 examples each in CI, `PREFORK_FUZZ_EXAMPLES=5000` for more).
 """
 
 SETTINGS_NOTES = """\
@@ -140,14 +159,14 @@ itself. A binary upgrade's new master does not detach again.
 
 
 def settings_table() -> Iterator[str]:
-    yield "| Setting | Command line | Environment | Default | Description |"
-    yield "|---|---|---|---|---|"
+    yield "| Setting | Command line | Environment | Default | Bounds | Description |"
+    yield "|---|---|---|---|---|---|"
     for f, meta in declared():
         env = f"`{ENV_PREFIX}{f.name.upper()}`"
         default = default_text(f, meta) or "none"
         shown = default if meta.shown_default else f"`{default}`"
         help_text = meta.help + (" *Applied at start; HUP keeps the old value.*" if meta.start_only else "")
-        cells = (f"`{f.name}`", cli_flag(f.name, meta), env, shown, help_text)
+        cells = (f"`{f.name}`", cli_flag(f.name, meta), env, shown, meta.bounds, help_text)
         yield "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
@@ -208,7 +227,8 @@ def example_config() -> str:
             continue  # the file cannot name itself
         note = " Applied at start; HUP keeps the old value." if meta.start_only else ""
         lines = textwrap.wrap(meta.help + note, 86)
-        lines.append(f"Default: {default_text(f, meta) or 'none'}. Environment: {ENV_PREFIX}{f.name.upper()}.")
+        bounds = f" From {meta.bounds}." if meta.bounds else ""
+        lines.append(f"Default: {default_text(f, meta) or 'none'}.{bounds} Environment: {ENV_PREFIX}{f.name.upper()}.")
         parts.append("\n" + "\n".join(f"# {line}" for line in lines) + f"\n# {f.name} = {example_value(f, meta)}\n")
     return "".join(parts)
 

@@ -11,7 +11,7 @@ import signal
 # Exit statuses of the ``prefork`` command (documented in the README).
 EXIT_OK = 0
 EXIT_BIND = 1  # address in use, permission denied, stale unix socket owned by a live server
-EXIT_USAGE = 2  # bad option, bad config value (click's own usage status)
+EXIT_USAGE = 2  # bad option, argument or config value, or one past its bounds (`--timeout inf`, `scale 0`)
 EXIT_BOOT = 3  # workers failed to boot again and again
 EXIT_APP = 4  # the APP could not be imported
 EXIT_NOT_RUNNING = 5  # a control command found no server at the pid file (missing or stale)
@@ -39,6 +39,12 @@ class PreforkError(Exception):
 
 class ConfigError(PreforkError):
     """A setting has a wrong name, type or value."""
+
+    exit_status = EXIT_USAGE
+
+
+class UsageError(PreforkError):
+    """A command's argument is wrong (found before anything is contacted or changed)."""
 
     exit_status = EXIT_USAGE
 

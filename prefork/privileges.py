@@ -38,11 +38,24 @@ class Identity:
         return f"{self.name} (uid {self.uid}, gid {self.gid}, groups {list(self.groups)})"
 
 
+MAX_ID = 2**32 - 2  # the largest uid or gid; 2**32 - 1 is (uid_t) -1, "unchanged"
+
+
+def numeric_id(spec: str) -> int | None:
+    """``spec`` as a uid or gid when it is one written in ASCII digits; None for a name."""
+    if not (spec.isascii() and spec.isdigit()):
+        return None  # "²" is a digit to str.isdigit, not to int()
+    if len(spec) > 10 or int(spec) > MAX_ID:
+        raise ConfigError(f"{spec[:20]!r} is not a uid or gid (at most {MAX_ID})")
+    return int(spec)
+
+
 def lookup_user(spec: str) -> pwd.struct_passwd | None:
     """The passwd entry of a user name or uid; None for a uid with no entry (containers)."""
-    if spec.isdigit():
+    uid = numeric_id(spec)
+    if uid is not None:
         try:
-            return pwd.getpwuid(int(spec))
+            return pwd.getpwuid(uid)
         except KeyError:
             return None
     try:
@@ -53,8 +66,9 @@ def lookup_user(spec: str) -> pwd.struct_passwd | None:
 
 def lookup_group(spec: str) -> int:
     """The gid of a group name or number."""
-    if spec.isdigit():
-        return int(spec)
+    gid = numeric_id(spec)
+    if gid is not None:
+        return gid
     try:
         return grp.getgrnam(spec).gr_gid
     except KeyError:

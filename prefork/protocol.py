@@ -49,10 +49,71 @@ def encode(document: dict[str, Any]) -> bytes:
 
 
 def decode(data: bytes) -> dict[str, Any]:
-    """The answer; ValueError if it is not a JSON object."""
+    """The answer to ``status``; ValueError if it is not a JSON object of the schema above.
+
+    The client trusts nothing it reads: whatever listens at the path, every field
+    it uses is checked here (finite numbers of a sane size included), so that the
+    table, ``reload`` and ``scale`` never meet a surprise.
+    """
     import json
 
-    document = json.loads(data)
-    if not isinstance(document, dict):
-        raise ValueError("not a JSON object")
-    return document
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not a number")
+
+    try:
+        document = json.loads(data, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    _check(document, ANSWER, "answer")
+    return dict(document)
+
+
+NUMBER = (int, float)
+OPTIONAL = type(None)
+POOL = {"min_workers": int, "max_workers": int, "spare": int, "idle_retire": NUMBER}
+MASTER = {"pid": int, "name": str, "generation": int, "pending_generation": (int, OPTIONAL), "started": NUMBER,
+          "listeners": [str], "target_workers": int, "threads": int, "stopping": (str, OPTIONAL),
+          "graceful_timeout": NUMBER, "pool": (POOL, OPTIONAL)}
+STATS = {"connections": int, "restarts": {str: int}, "reloads": int, "reload_failures": int,
+         "last_reload_error": (str, OPTIONAL), "boot_failures": int}
+WORKER = {"pid": int, "index": int, "generation": int, "state": str, "requests": int, "started": NUMBER,
+          "busy_for": (NUMBER, OPTIONAL), "peer": (str, OPTIONAL), "threads": int, "busy_threads": int}
+ANSWER = {"master": MASTER, "stats": STATS, "workers": [WORKER]}
+LARGEST = 2**53  # any count or time the master sends is far below; psutil and the table take it
+
+
+def _check(value: Any, schema: Any, where: str) -> None:
+    """ValueError naming ``where`` unless ``value`` fits ``schema``: a type (or tuple of types), a tuple
+    of alternative schemas, ``{key: schema}`` (those keys at least), ``{str: schema}`` or ``[schema]``."""
+    if isinstance(schema, tuple) and not isinstance(schema[0], type):  # alternatives that are schemas
+        for alternative in schema:
+            try:
+                return _check(value, alternative, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where} is malformed")
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{where} is not a list")
+        for item in value:
+            _check(item, schema[0], where)
+    elif isinstance(schema, dict):
+        _check_object(value, schema, where)
+    elif isinstance(value, bool) or not isinstance(value, schema):  # no field is a boolean
+        raise ValueError(f"{where} is not of type {schema}")
+    elif isinstance(value, (int, float)) and not 0 <= value <= LARGEST:
+        raise ValueError(f"{where} is out of range")
+    return None
+
+
+def _check_object(value: Any, schema: dict[Any, Any], where: str) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is not an object")
+    if str in schema:  # a mapping: every value of one schema
+        for item in value.values():
+            _check(item, schema[str], where)
+        return
+    for key, field in schema.items():
+        if key not in value:
+            raise ValueError(f"{where} has no {key!r}")
+        _check(value[key], field, f"{where}.{key}")

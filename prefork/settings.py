@@ -61,14 +61,14 @@ class Settings:
     )
     workers: int = setting(
         factory=lambda: os.cpu_count() or 1, help="Number of worker processes.",
-        parse=integer(1), metavar="N", short="-w", shown_default="number of CPUs",
+        parse=integer(1, 4096), metavar="N", short="-w", shown_default="number of CPUs",
     )
     bind: tuple[Address, ...] = setting(
         (parse_address("127.0.0.1:8000"),),
-        help="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (repeatable).",
+        help="Listen on HOST:PORT, :PORT (every IPv4 interface), [IPV6]:PORT, unix:PATH or fd://N (repeatable).",
         parse=bind_list, metavar="ADDR", short="-b", multiple=True,
     )
-    backlog: int = setting(2048, help="The listen() queue length.", parse=integer(1), metavar="N")
+    backlog: int = setting(2048, help="The listen() queue length.", parse=integer(1, 65535), metavar="N")
     reuse_port: bool = setting(
         False, help="Set SO_REUSEPORT: one listening socket per worker slot, balanced by the kernel.",
         parse=boolean, flag=True,
@@ -94,15 +94,15 @@ class Settings:
     )
     max_requests: int = setting(
         0, help="Recycle a worker after it has served this many connections (0 = never).",
-        parse=integer(0), metavar="N",
+        parse=integer(0, 1_000_000_000), metavar="N",
     )
     max_requests_jitter: int = setting(
         0, help="Add random(0..J) to --max-requests so workers do not recycle together.",
-        parse=integer(0), metavar="J",
+        parse=integer(0, 1_000_000_000), metavar="J",
     )
     max_worker_memory: int = setting(
         0, help="Recycle a worker whose memory (USS, else RSS) exceeds this many MB (0 = off).",
-        parse=integer(0), metavar="MB",
+        parse=integer(0, 1_048_576), metavar="MB",
     )
     log_level: str = setting("info", help="debug, info, warning, error or critical.", parse=log_level, metavar="LEVEL")
     log_file: str | None = setting(
@@ -167,7 +167,7 @@ class Settings:
     )
     threads: int = setting(
         1, help="Threads per worker, each accepting and serving connections itself.",
-        parse=integer(1), metavar="N",
+        parse=integer(1, 1024), metavar="N",
     )
     metrics_bind: Address | None = setting(  # noqa: RUF009 - Address is frozen
         None, help="Serve Prometheus metrics at http://ADDR/metrics from the master (set at start).",
@@ -175,14 +175,14 @@ class Settings:
     )
     max_workers: int = setting(
         0, help="Adaptive pool: grow up to N workers under load (0 = a fixed pool of --workers).",
-        parse=integer(0), metavar="N",
+        parse=integer(0, 4096), metavar="N",
     )
     min_workers: int = setting(
-        1, help="Adaptive pool: never fewer than N workers.", parse=integer(1), metavar="N",
+        1, help="Adaptive pool: never fewer than N workers.", parse=integer(1, 4096), metavar="N",
     )
     spare: int = setting(
         1, help="Adaptive pool: keep N idle workers ready; fork more when fewer are idle.",
-        parse=integer(1), metavar="N",
+        parse=integer(1, 4096), metavar="N",
     )
     idle_retire: float = setting(
         10.0, help="Adaptive pool: retire surplus idle workers once they have been surplus this long.",
@@ -199,7 +199,7 @@ class Settings:
     )
     max_per_source: int = setting(
         0, help="Serve at most N connections at once from one client address, across workers (0 = no limit).",
-        parse=integer(0), metavar="N",
+        parse=integer(0, 1_000_000), metavar="N",
     )
     certfile: str | None = setting(
         None, help="Serve TLS with this PEM certificate chain (re-read on HUP).",
@@ -249,15 +249,15 @@ class Settings:
     )
     limit_request_line: int = setting(
         4094, help="HTTP: longest request line, in bytes; longer is answered 414 (0 = no limit).",
-        parse=integer(0), metavar="BYTES",
+        parse=integer(0, 1_048_576), metavar="BYTES",
     )
     limit_request_fields: int = setting(
         100, help="HTTP: most header fields in a request; more is answered 431 (0 = no limit).",
-        parse=integer(0), metavar="N",
+        parse=integer(0, 32768), metavar="N",
     )
     limit_request_field_size: int = setting(
         8190, help="HTTP: largest header field (name and value), in bytes; larger is answered 431 (0 = no limit).",
-        parse=integer(0), metavar="BYTES",
+        parse=integer(0, 1_048_576), metavar="BYTES",
     )
     access_log: str | None = setting(
         None, help="HTTP: write an access log line per request to FILE (- for stdout).",

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass, field
 
 from .errors import BindError, ConfigError
+from .privileges import numeric_id
 
 BIND_FORMS = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
 DEFAULT_UNIX_MODE = 0o660  # owner and group may connect; less any bits the umask removes
@@ -55,7 +56,7 @@ def parse_address(text: str) -> Address:
         return Address("unix", path=path)
     if text.startswith("fd://"):
         number = text[len("fd://") :]
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit() and len(number) < 10):
             raise ConfigError(f"{text!r} is not a descriptor number (expected fd://N)")
         return Address("fd", fd=int(number))
     if text.startswith("["):
@@ -65,9 +66,10 @@ def parse_address(text: str) -> Address:
         port_text = rest[1:]
     else:
         host, sep, port_text = text.rpartition(":")
-        if not sep or not host or ":" in host:
+        if not sep or ":" in host:
             raise ConfigError(f"{text!r} is not a bind address (expected {BIND_FORMS})")
-    if not port_text.isdigit() or int(port_text) > 65535:
+        host = host or "0.0.0.0"  # gunicorn's :PORT, every IPv4 interface ([::]:PORT for IPv6)
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or int(port_text) > 65535:
         raise ConfigError(f"{text!r} has no valid port (expected a number 0-65535)")
     return Address("tcp", host=host, port=int(port_text))
 
@@ -117,8 +119,9 @@ def parse_owner(text: str) -> Owner:
 
 
 def _user_id(name: str) -> int:
-    if name.isdigit():
-        return int(name)
+    number = numeric_id(name)
+    if number is not None:
+        return number
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
@@ -126,8 +129,9 @@ def _user_id(name: str) -> int:
 
 
 def _group_id(name: str) -> int:
-    if name.isdigit():
-        return int(name)
+    number = numeric_id(name)
+    if number is not None:
+        return number
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:

@@ -7,14 +7,16 @@ or the variable, and suggests the closest setting name for a misspelt one.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .settings import Settings, names
-from .values import Meta
+from .values import FileMode, Meta
 
 if TYPE_CHECKING:
     import tomllib
@@ -22,12 +24,18 @@ if TYPE_CHECKING:
 ENV_PREFIX = "PREFORK_"
 
 
-def _unknown(key: str, where: str, spell: Callable[[str], str] = repr) -> ConfigError:
-    """An unknown setting, with the closest declared one as a suggestion."""
+def _closest(key: str) -> str | None:
+    """The declared setting ``key`` is most likely a misspelling of, if any."""
     import difflib  # only for a mistake: a server that starts does not load it
 
     close = difflib.get_close_matches(key, [name for name in names() if name != "config"], n=1)
-    hint = f" (did you mean {spell(close[0])}?)" if close else ""
+    return close[0] if close else None
+
+
+def _unknown(key: str, where: str, spell: Callable[[str], str] = repr) -> ConfigError:
+    """An unknown setting, with the closest declared one as a suggestion."""
+    close = _closest(key)
+    hint = f" (did you mean {spell(close)}?)" if close else ""
     return ConfigError(f"{where}: unknown setting {spell(key)}{hint}")
 
 
@@ -78,6 +86,11 @@ def _read_toml(path: str) -> tuple[dict[str, Any], str]:
         return tomllib.loads(source), source
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(path, source, exc) from None
+    except ValueError:  # Python's limit on converting digits
+        raise ConfigError(f"{path}: invalid TOML: an integer of more than {sys.get_int_max_str_digits()} "
+                          "digits") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -93,8 +106,15 @@ def read_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown table [{key}] (settings are top-level keys, before any table)")
         if key not in Settings.__dataclass_fields__:
             raise _unknown(key, where)
+        if isinstance(value, int) and line and _written_in_octal(source, line):
+            value = FileMode(value)  # umask = 0o077; a mode written in decimal is refused
         values[key] = _parse(key, value, where)
     return values
+
+
+def _written_in_octal(source: str, line: int) -> bool:
+    """Whether the integer assigned on ``line`` is written ``0o...`` (tomllib gives only its value)."""
+    return re.search(r"=[ \t]*[+-]?0o", source.split("\n")[line - 1]) is not None
 
 
 def env_var(name: str) -> str:
@@ -103,12 +123,20 @@ def env_var(name: str) -> str:
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Setting values from ``PREFORK_<NAME>`` variables; unknown ones are errors."""
+    """Setting values from ``PREFORK_<NAME>`` variables.
+
+    An unknown one close to a setting's name is a typo, an error with the
+    suggestion; one close to none (``PREFORK_HOME``, another tool's) is ignored
+    with a warning, as gunicorn ignores what it does not know.
+    """
     values: dict[str, Any] = {}
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX):
             continue
         key = var[len(ENV_PREFIX) :].lower()
+        if key not in Settings.__dataclass_fields__ and _closest(key) is None:
+            logging.getLogger("prefork").warning("ignoring the environment variable %s: no setting is named so", var)
+            continue
         if key not in Settings.__dataclass_fields__:
             raise _unknown(key, "environment", spell=env_var)
         values[key] = _parse(key, value, f"environment variable {var}")

@@ -40,6 +40,11 @@ class Meta:
     shown_default: str = ""  # for defaults computed at run time (the CPU count)
     start_only: bool = False  # applied when the master starts; a reload (HUP) cannot change it
 
+    @property
+    def bounds(self) -> str:
+        """``0 to 86400`` for a count, size or duration (:class:`Number`); empty for other settings."""
+        return self.parse.bounds if isinstance(self.parse, Number) else ""
+
 
 def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
     """Declare a field of :class:`Settings` with its :class:`Meta`."""
@@ -52,32 +57,60 @@ def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **
 # --- parsers: each takes a value from any source (str from CLI/env, native from TOML) ---
 
 
-def integer(minimum: int) -> Parser:
-    def parse(value: object) -> int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{value!r} is not an integer")
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if not isinstance(value, int):
-            raise ConfigError(f"{value!r} is not an integer (expected an integer >= {minimum})")
-        if value < minimum:
-            raise ConfigError(f"{value!r} is too small (expected an integer >= {minimum})")
-        return value
-
-    return parse
+DAY = 86400  # the longest duration a setting takes, in seconds (0 turns a timeout off)
+INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]{1,30}\s*")  # longer is out of any range
 
 
-def seconds(value: object) -> float:
+@dataclass(frozen=True)
+class Number:
+    """A parser of a count, size or duration with its bounds: the one place they are declared.
+
+    Infinity, NaN, a negative or a value beyond ``maximum`` is refused; the docs and
+    ``--help`` show :attr:`bounds`.
+    """
+
+    minimum: int
+    maximum: int
+    unit: str = ""  # "seconds" for a duration (a float); "" for a count (an int)
+
+    @property
+    def bounds(self) -> str:
+        return f"{self.minimum} to {self.maximum}"
+
+    def __call__(self, value: object) -> Any:
+        kind = "a number of seconds" if self.unit else "an integer"
+        expected = f"expected {self.unit or 'an integer'} from {self.bounds}"
+        number = _number(value, real=bool(self.unit))
+        if number is None or number != number:  # NaN
+            raise ConfigError(f"{value!r} is not {kind} ({expected})")
+        if number < self.minimum:
+            raise ConfigError(f"{number!r} is too small ({expected})")
+        if number > self.maximum:  # infinity too
+            raise ConfigError(f"{number!r} is too large ({expected})")
+        return float(number) if self.unit else number
+
+
+def _number(value: object, real: bool) -> int | float | None:
+    """``value`` (TOML's int or float, or text) as a number; None if it is not one of the kind."""
     if isinstance(value, str):
+        if INTEGER_TEXT.fullmatch(value):
+            return int(value)
+        if not real:
+            return None
         try:
-            value = float(value)
+            return float(value)
         except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ConfigError(f"{value!r} is not a number of seconds")
-    if value < 0:
-        raise ConfigError(f"{value!r} is negative (expected seconds >= 0)")
-    return float(value)
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not real):
+        return None
+    return value
+
+
+def integer(minimum: int, maximum: int) -> Number:
+    return Number(minimum, maximum)
+
+
+seconds = Number(0, DAY, "seconds")
 
 
 def boolean(value: object) -> bool:
@@ -166,7 +199,7 @@ def group_name(value: object) -> str | None:
 
 
 class FileMode(int):
-    """An int shown in octal (``0o027``), as modes and umasks are written."""
+    """An int shown in octal (``0o027``), as modes and umasks are written; a TOML integer written in octal."""
 
     def __repr__(self) -> str:
         return f"0o{int(self):03o}"
@@ -175,7 +208,11 @@ class FileMode(int):
 
 
 def octal_mode(what: str, example: str) -> Parser:
-    """A parser of octal modes: ``"660"`` or ``"0o660"`` in text, ``0o660`` in TOML."""
+    """A parser of octal modes: ``"660"`` or ``"0o660"`` in text, ``0o660`` in TOML (a FileMode).
+
+    A plain int is a TOML integer written in decimal (``umask = 77``): refused,
+    since a person who writes a mode means octal.
+    """
 
     def parse(value: object) -> FileMode | None:
         if isinstance(value, str):
@@ -183,13 +220,15 @@ def octal_mode(what: str, example: str) -> Parser:
             if not digits:
                 return None
             try:
-                value = int(digits, 8)
+                value = FileMode(int(digits, 8))
             except ValueError:
                 raise ConfigError(f"{value!r} is not an octal {what} (expected e.g. {example})") from None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-            hint = f' (in TOML write 0o{example} or "{example}")' if isinstance(value, int) else ""
-            raise ConfigError(f"{value!r} is not a {what} (expected an octal number 000-777){hint}")
-        return FileMode(value)
+        if isinstance(value, int) and not isinstance(value, (bool, FileMode)):
+            shown = str(value) if re.fullmatch("[0-7]{1,3}", str(value)) else example
+            raise ConfigError(f'{value} is a decimal integer (write an octal {what}: 0o{shown} or "{shown}")')
+        if not isinstance(value, FileMode) or not 0 <= value <= 0o777:
+            raise ConfigError(f"{value!r} is not a {what} (expected an octal number 000-777)")
+        return value
 
     return parse
 

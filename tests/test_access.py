@@ -19,7 +19,7 @@ from prefork.scoreboard import Scoreboard
 from prefork.settings import Settings
 from prefork.sockets import Owner
 from prefork.sources import load
-from prefork.values import file_mode, owner
+from prefork.values import FileMode, file_mode, owner
 
 # --- pure functions ---
 
@@ -87,7 +87,7 @@ def test_count_busy_from_reads_every_generation() -> None:
 
 
 def test_unix_mode_and_owner_parsers() -> None:
-    assert file_mode("600") == file_mode("0o600") == file_mode(0o600) == 0o600
+    assert file_mode("600") == file_mode("0o600") == file_mode(FileMode(0o600)) == 0o600  # FileMode: TOML 0o600
     with pytest.raises(ConfigError, match="0o660"):
         file_mode(660)  # a TOML decimal by mistake
     with pytest.raises(ConfigError):

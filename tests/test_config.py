@@ -102,12 +102,12 @@ def _error(tmp_path: Path, text: str | bytes) -> str:
 @pytest.mark.parametrize(("text", "expected"), [
     ("workers = 2\nwokers = 3\n", ", line 2: unknown setting 'wokers' (did you mean 'workers'?)"),
     ("zzz = 1\n", ", line 1: unknown setting 'zzz'"),
-    ('workers = "many"\n', ", line 1: workers: 'many' is not an integer (expected an integer >= 1)"),
-    ("workers = 0\n", ", line 1: workers: 0 is too small (expected an integer >= 1)"),
+    ('workers = "many"\n', ", line 1: workers: 'many' is not an integer (expected an integer from 1 to 4096)"),
+    ("workers = 0\n", ", line 1: workers: 0 is too small (expected an integer from 1 to 4096)"),
     ("workers = true\n", ", line 1: workers: True is not an integer"),
     ('bind = "nonsense"\n', ", line 1: bind: 'nonsense' is not a bind address (expected HOST:PORT"),
     ('bind = ["127.0.0.1:99999"]\n', ", line 1: bind: '127.0.0.1:99999' has no valid port"),
-    ("graceful_timeout = -1\n", ", line 1: graceful_timeout: -1 is negative"),
+    ("graceful_timeout = -1\n", ", line 1: graceful_timeout: -1 is too small (expected seconds from 0 to 86400)"),
     ('log_level = "loud"\n', ", line 1: log_level: 'loud' is not a log level"),
     ('umask = "8"\n', ", line 1: umask: '8' is not an octal umask"),
     ('user = "no-such-user-here"\n', ", line 1: user: 'no-such-user-here' is not a user on this system"),
@@ -165,7 +165,7 @@ def test_command_exits_2_naming_file_and_key(tmp_path: Path, command: str) -> No
 
 def test_command_line_value_errors_exit_2(tmp_path: Path) -> None:
     result = prefork("run", "--workers", "0", "testapps:pid", cwd=tmp_path)
-    assert result.returncode == 2 and "0 is too small (expected an integer >= 1)" in result.stderr
+    assert result.returncode == 2 and "0 is too small (expected an integer from 1 to 4096)" in result.stderr
     result = prefork("run", "testapps:pid", cwd=tmp_path, env={"PREFORK_WORKERS": "many"})
     assert result.returncode == 2
     assert "Error: environment variable PREFORK_WORKERS: workers: 'many' is not an integer" in result.stderr

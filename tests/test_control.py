@@ -16,17 +16,17 @@ from control_helpers import prefork, snapshot, status_json
 
 from prefork.client import parse_scale
 from prefork.endpoint import MAX_CONNECTIONS, Endpoint
-from prefork.errors import ControlError
+from prefork.errors import UsageError
 from prefork.pidfile import read_pid
 
 
 def test_parse_scale() -> None:
-    assert parse_scale("5", 2) == 5
-    assert parse_scale("+3", 2) == 5
-    assert parse_scale("-1", 2) == 1
-    for bad in ("0", "-2", "many", ""):
-        with pytest.raises(ControlError):
-            parse_scale(bad, 2)
+    assert parse_scale("5") == (5, False)
+    assert parse_scale("+3") == (3, True)
+    assert parse_scale("-1") == (-1, True)
+    for bad in ("0", "4097", "many", "", "3.5", "++1"):
+        with pytest.raises(UsageError):  # status 2, found before the master is contacted
+            parse_scale(bad)
 
 
 def start(server: Server, tmp_path: Path, *args: str, app: str = "testapps:pid", workers: int = 2) -> Path:
@@ -99,8 +99,9 @@ def test_scale_to_n_and_by_n(server: Server, tmp_path: Path) -> None:
         assert len(server.worker_pids()) == count
         report = status_json(pidfile)
         assert [w["state"] for w in report["workers"]] == ["idle"] * count
-    result = prefork("scale", "-2", "--pid", str(pidfile))
-    assert result.returncode == 6 and "at least 1" in result.stderr
+    result = prefork("scale", "-2", "--pid", str(pidfile))  # a usage error (2), not a failed change (6)
+    assert result.returncode == 2 and "cannot scale from 2 to 0 workers (expected 1 to 4096)" in result.stderr
+    assert len(server.worker_pids()) == 2
 
 
 @pytest.mark.parametrize("command", [["reload"], ["stop"], ["stop", "--graceful"], ["scale", "3"]])
