@@ -34,6 +34,9 @@ class Slot(ctypes.Structure):
         # --threads: how many threads accept, and how many serve now (busy_since/peer are then the oldest's)
         ("threads", ctypes.c_uint16),
         ("busy_threads", ctypes.c_uint16),
+        # Set by the master at fork: the worker waits in epoll (threads, kept-alive connections), so the
+        # listeners must stay non-blocking while it runs.
+        ("in_epoll", ctypes.c_uint8),
     ]
 
     def begin(self, peer: str) -> None:

@@ -49,7 +49,7 @@ def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **
 # --- parsers: each takes a value from any source (str from CLI/env, native from TOML) ---
 
 
-def integer(minimum: int) -> Parser:
+def integer(minimum: int, maximum: int | None = None) -> Parser:
     def parse(value: object) -> int:
         if isinstance(value, bool):
             raise ConfigError(f"{value!r} is not an integer")
@@ -59,6 +59,8 @@ def integer(minimum: int) -> Parser:
             raise ConfigError(f"{value!r} is not an integer (expected an integer >= {minimum})")
         if value < minimum:
             raise ConfigError(f"{value!r} is too small (expected an integer >= {minimum})")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{value!r} is too large (expected an integer <= {maximum})")
         return value
 
     return parse

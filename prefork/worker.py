@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import events, hooks, privileges, proctitle
+from . import events, hooks, keepalive, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
 from .events import EVENT_BOOTED, EVENT_RETIRE
@@ -106,6 +106,7 @@ class Worker:
         if settings.max_requests:
             self.retire_at = settings.max_requests + random.randint(0, settings.max_requests_jitter)
         self.retire_requested = False
+        self.keeps = False  # kept-alive connections wait in our epoll set (keepalive.py)
 
     # --- life ---
 
@@ -151,7 +152,9 @@ class Worker:
         self.slot.state = IDLE
         self.tell_master(EVENT_BOOTED)
         log.debug("booted")
-        if len(self.listeners) == 1:
+        if self.serve_kept(handler):
+            pass  # kept-alive connections wait in our epoll set with the listeners
+        elif len(self.listeners) == 1:
             self.accept_loop_single(handler)
         else:
             self.accept_loop_multi(handler)
@@ -208,6 +211,13 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     # --- waiting for connections ---
+
+    def serve_kept(self, handler: Handler) -> bool:
+        """Listeners and kept-alive connections in one epoll set (keepalive.py); False: not for this handler."""
+        try:
+            return keepalive.serve_kept(self, handler)
+        except StopServing:
+            return True
 
     def accept_loop_single(self, handler: Handler) -> None:
         """Block in accept() itself: the kernel wakes exactly one idle worker per connection."""
@@ -322,7 +332,6 @@ class Worker:
 
     def serve(self, handler: Handler, conn: socket.socket, addr: Any) -> None:
         """Run the handler on one connection, then close it whatever happened."""
-        slot = self.slot
         self.begin_connection(format_peer(addr))
         try:
             if self.prepare is not None:
@@ -330,20 +339,26 @@ class Worker:
             handler(conn, addr)
         except Refused:
             pass  # logged (rate-limited) where it was decided; closed before any app code ran
-        except TimeoutError:
-            if not self.settings.idle_timeout:
-                log.exception("handler failed on connection from %s", format_peer(addr))
-            else:  # the client went silent: its doing, no traceback
-                log.info("connection from %s idle for %gs (--idle-timeout); closed",
-                         format_peer(addr), self.settings.idle_timeout)
-        except Exception:
-            log.exception("handler failed on connection from %s", format_peer(addr))
+        except Exception as exc:
+            self.handler_failed(exc, addr)
         finally:
             try:
                 conn.close()
             except OSError:
                 pass
             self.end_connection()
+        self.after_serving()
+
+    def handler_failed(self, exc: Exception, addr: Any) -> None:
+        if isinstance(exc, TimeoutError) and self.settings.idle_timeout:  # the client went silent: no traceback
+            log.info("connection from %s idle for %gs (--idle-timeout); closed",
+                     format_peer(addr), self.settings.idle_timeout)
+        else:
+            log.error("handler failed on connection from %s", format_peer(addr), exc_info=exc)
+
+    def after_serving(self) -> None:
+        """Between connections (and kept-alive requests): reopen logs if asked, ask to retire if due."""
+        slot = self.slot
         if self.reopen_logs:
             self.reopen_logs = False
             self.reopen()
@@ -371,7 +386,7 @@ class Worker:
         """
         if not self.alive or self.retire_requested or (self.retire_at and self.slot.requests + 1 >= self.retire_at):
             return True
-        return self.others_waiting()
+        return not self.keeps and self.others_waiting()
 
     def others_waiting(self) -> bool:
         """Whether a connection waits in one of our listeners' accept queues (zero-timeout poll)."""

@@ -90,6 +90,10 @@ class WSGIHandler:
     def __call__(self, conn: socket.socket, addr: Any) -> None:
         HTTPConnection(self, conn, addr).serve()
 
+    def open(self, conn: socket.socket, addr: Any) -> HTTPConnection:
+        """The connection, for a worker that keeps it between requests (prefork.keepalive)."""
+        return HTTPConnection(self, conn, addr)
+
 
 class HTTPConnection:
     """One client connection: read requests, answer them in order, until it should end."""
@@ -105,24 +109,50 @@ class HTTPConnection:
         self.trusted = handler.config.trusted if is_trusted(handler.config, addr) else None
 
     def serve(self) -> None:
-        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Heads and bodies go out in separate sends (streaming, sendfile): no Nagle delay.
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Serve the connection to its end, waiting between requests as long as the host lets it."""
+        self.set_nodelay()
         if not self.read_first():
             return
         keepalive = self.handler.config.keepalive
+        while self.resume() and self.host.await_next(self.sock, self.addr, keepalive):
+            pass
+
+    def set_nodelay(self) -> None:
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Heads and bodies go out in separate sends (streaming, sendfile): no Nagle delay.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # --- a connection kept in the worker's epoll set between requests (prefork.keepalive) ---
+
+    def first(self) -> bool:
+        """Serve what a new connection already sent; True: keep it (also when nothing came yet)."""
+        self.set_nodelay()
+        if self.tls:
+            if not wait_readable(self.sock, 0):
+                return True
+        else:
+            try:
+                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except ConnectionError:
+                return False
+            if not data:
+                return False
+            self.reader.feed(data)
+        return self.resume()
+
+    def resume(self) -> bool:
+        """Answer every request whose bytes are here (or on their way); True: wait for the client's next."""
+        reader = self.reader
         while True:
             request = self.next_request()
             if request is None or not self.answer(request):
-                return
-            self.reader.queue.popleft()
-            reader = self.reader
+                return False
+            reader.queue.popleft()
             if reader.queue or reader.partial or reader.error is not None or tls_pending(self.sock):
                 continue  # pipelined, on its way, or a bad request to answer: no waiting to decide
-            if reader.upgraded:
-                return
-            if not self.host.await_next(self.sock, self.addr, keepalive):
-                return
+            return not reader.upgraded
 
     def read_first(self) -> bool:
         """Wait (at most --keepalive, else 5 s) for the first request's bytes; usually already here."""

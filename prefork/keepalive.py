@@ -1,0 +1,254 @@
+"""Kept-alive connections that wait in the worker's own epoll set, beside the listeners.
+
+A worker (each thread of a --threads worker) holds one epoll set with its
+listeners (EPOLLEXCLUSIVE: a new connection wakes one idle waiter) and its
+kept-alive connections. It serves whichever of them is ready, one at a time:
+
+- a kept connection whose next request came is answered, then waits again;
+- a connection waiting on a listener is accepted after at most one more
+  request from the kept ones (each turn accepts first, then answers one kept
+  request), so new clients never wait behind kept ones;
+- idle kept connections cost nothing: a worker with no request to answer is
+  idle in epoll_wait, and its scoreboard slot says so (busy only while it
+  answers a request, which is what --timeout judges);
+- at most --keepalive-max are kept; over it the longest idle is closed, as is
+  one idle --keepalive seconds;
+- on a stop (TERM, a reload, --max-requests' retiring) a kept connection
+  whose request already came is answered (``Connection: close``) and the idle
+  ones are closed at once.
+
+Only a handler that can leave a connection between requests (:class:`Keeping`:
+the WSGI handler) runs here, and not with --max-per-source, which counts the
+connections a worker holds through its one scoreboard slot: there the worker
+keeps serving one connection at a time (worker.py).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .connection import Refused
+from .peer import Handler, format_peer
+from .settings import Settings
+from .turns import TakeTurns
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+LISTENER_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
+
+
+class Session(Protocol):
+    """One connection as a keeping handler serves it, a request at a time."""
+
+    def first(self) -> bool:
+        """Serve what a new connection sent (if anything yet); True: keep it, waiting for its next request."""
+
+    def receive(self) -> bool:
+        """Read what a ready kept connection sent; False: it closed (nothing to answer)."""
+
+    def resume(self) -> bool:
+        """Answer the requests received; True: keep it."""
+
+
+class Keeping(Protocol):
+    def open(self, conn: socket.socket, addr: Any) -> Session: ...
+
+
+def keeps_connections(settings: Settings) -> bool:
+    """Whether this generation's workers keep connections in their epoll set (and need non-blocking listeners)."""
+    return settings.wsgi and settings.keepalive > 0 and not settings.max_per_source
+
+
+class Kept:
+    __slots__ = ("addr", "peer", "session", "since", "sock")
+
+    def __init__(self, sock: socket.socket, addr: Any, peer: str, session: Session) -> None:
+        self.sock = sock
+        self.addr = addr
+        self.peer = peer
+        self.session = session
+        self.since = time.monotonic()
+
+
+class KeptLoop:
+    """One thread's listeners and kept-alive connections in one epoll set (see the module docstring)."""
+
+    def __init__(self, worker: Worker, handler: Keeping, wake_fd: int = -1) -> None:
+        self.worker = worker
+        self.handler = handler
+        self.limit = worker.settings.keepalive_max
+        self.idle_seconds = worker.settings.keepalive
+        self.listeners = {listener.fileno(): listener.sock for listener in worker.listeners}
+        self.poller = select.epoll()
+        for fd in self.listeners:
+            self.poller.register(fd, LISTENER_EVENTS)
+        if wake_fd != -1:
+            self.poller.register(wake_fd, select.EPOLLIN)
+        self.turns = TakeTurns(self.poller)
+        self.kept: dict[int, Kept] = {}  # by fd, the longest idle first
+        self.ready: dict[int, None] = {}  # kept connections whose next request came, oldest first
+        worker.keeps = True
+
+    def run(self) -> None:
+        """Serve until the worker stops; then answer requests already here and close every kept connection."""
+        try:
+            while self.worker.alive:
+                self.turn()
+        finally:
+            try:
+                self.close_all()
+            finally:
+                self.poller.close()
+
+    def turn(self) -> None:
+        """Wait; accept one connection per ready listener; answer one kept request; close the expired."""
+        worker = self.worker
+        timeout = 0.0 if self.ready else self.until_expiry()
+        worker.idle = True  # TERM raises StopServing out of the wait (a single-threaded worker)
+        try:
+            events = self.poller.poll(timeout)
+        finally:
+            worker.idle = False
+        listeners, kept, ready = self.listeners, self.kept, self.ready
+        accept = []
+        for fd, _ in events:
+            if fd in kept:
+                ready[fd] = None
+            elif fd in listeners:
+                accept.append(fd)
+        for fd in accept:
+            if worker.alive:
+                self.accept(fd)
+        if ready and worker.alive:
+            fd = next(iter(ready))
+            del ready[fd]
+            self.resume(kept.pop(fd))
+        if kept:
+            self.expire()
+
+    def accept(self, fd: int) -> None:
+        worker = self.worker
+        try:
+            conn_fd, addr = self.listeners[fd]._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return  # another worker took it
+        except OSError as exc:
+            worker.accept_failed(exc)
+            return
+        self.turns.served(fd)
+        conn = socket.socket(*worker.socket_kinds[fd], fileno=conn_fd)
+        worker.begin_connection(format_peer(addr))
+        keep = False
+        try:
+            if worker.prepare is not None:
+                conn, addr = worker.prepare(conn, addr)
+            session = self.handler.open(conn, addr)
+            keep = session.first()
+        except Refused:
+            pass
+        except Exception as exc:
+            worker.handler_failed(exc, addr)
+        finally:
+            worker.end_connection()
+        if keep:
+            self.keep(Kept(conn, addr, format_peer(addr), session))  # the PROXY header's client, if any
+        else:
+            close(conn)
+        worker.after_serving()
+
+    def resume(self, kept: Kept) -> None:
+        """Answer the request a kept connection sent (not counted if it only closed)."""
+        worker = self.worker
+        try:
+            alive = kept.session.receive()
+        except OSError:
+            alive = False
+        if not alive:
+            self.drop(kept)
+            return
+        worker.begin_connection(kept.peer)
+        keep = False
+        try:
+            keep = kept.session.resume()
+        except Exception as exc:
+            worker.handler_failed(exc, kept.addr)
+        finally:
+            worker.end_connection()
+        if keep:
+            kept.since = time.monotonic()
+            self.kept[kept.sock.fileno()] = kept  # now the most recently active
+        else:
+            self.drop(kept)
+        worker.after_serving()
+
+    def keep(self, kept: Kept) -> None:
+        fd = kept.sock.fileno()
+        self.poller.register(fd, select.EPOLLIN)
+        self.kept[fd] = kept
+        if len(self.kept) > self.limit:
+            for oldest in self.kept.values():
+                if oldest.sock.fileno() not in self.ready:  # the longest idle with no request waiting
+                    self.kept.pop(oldest.sock.fileno())
+                    self.drop(oldest)
+                    break
+
+    def drop(self, kept: Kept) -> None:
+        fd = kept.sock.fileno()
+        self.ready.pop(fd, None)
+        try:
+            self.poller.unregister(fd)
+        except OSError:
+            pass
+        close(kept.sock)
+
+    def until_expiry(self) -> float:
+        """Seconds until the longest idle connection's --keepalive ends (-1: nothing kept, wait for ever)."""
+        for kept in self.kept.values():
+            return max(0.0, kept.since + self.idle_seconds - time.monotonic())
+        return -1.0
+
+    def expire(self) -> None:
+        """Close the kept connections idle --keepalive seconds (the oldest are first)."""
+        deadline = time.monotonic() - self.idle_seconds
+        while self.kept:
+            fd, kept = next(iter(self.kept.items()))
+            if kept.since > deadline or fd in self.ready:
+                return
+            del self.kept[fd]
+            self.drop(kept)
+
+    def close_all(self) -> None:
+        """Stopping: answer the kept connections whose request is already here, close the rest."""
+        try:
+            events = self.poller.poll(0)
+        except OSError:
+            events = []
+        for fd, _ in events:
+            if fd in self.kept:
+                self.ready[fd] = None
+        for fd in list(self.ready):
+            kept = self.kept.pop(fd, None)
+            if kept is not None:
+                self.resume(kept)  # the answer says Connection: close (the worker is stopping)
+        for kept in list(self.kept.values()):
+            self.drop(kept)
+        self.kept.clear()
+
+
+def serve_kept(worker: Worker, handler: Handler, wake_fd: int = -1) -> bool:
+    """Run ``worker``'s kept-alive loop when its handler and settings allow it; False: they do not."""
+    if not keeps_connections(worker.settings) or not hasattr(handler, "open"):
+        return False
+    KeptLoop(worker, handler, wake_fd).run()
+    return True
+
+
+def close(conn: socket.socket) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass
