@@ -28,15 +28,13 @@ from __future__ import annotations
 import select
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from .connection import Refused
+from .connection import Prepare, Refused
 from .peer import Handler, format_peer
 from .settings import Settings
+from .sockets import Listener
 from .turns import TakeTurns
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 LISTENER_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 
@@ -52,6 +50,28 @@ class Session(Protocol):
 
     def resume(self) -> bool:
         """Answer the requests received; True: keep it."""
+
+
+class Worker(Protocol):
+    """What the loop uses of its worker (prefork.worker.Worker, threaded.ThreadedWorker)."""
+
+    settings: Settings
+    listeners: list[Listener]
+    socket_kinds: dict[int, tuple[int, int, int]]
+    prepare: Prepare | None
+    alive: bool
+    idle: bool  # True while waiting: TERM may raise out of the wait (a single-threaded worker)
+    keeps: bool  # answers keep their connection even while others wait (response.py asks should_release)
+
+    def accept_failed(self, exc: OSError) -> None: ...
+
+    def begin_connection(self, peer: str) -> None: ...
+
+    def end_connection(self) -> None: ...
+
+    def handler_failed(self, exc: Exception, addr: Any) -> None: ...
+
+    def after_serving(self) -> None: ...
 
 
 class Keeping(Protocol):
