@@ -29,7 +29,7 @@ from .accesslog import AccessLog
 from .body import Body, BodyError
 from .environ import HTTPConfig, connection_environ, is_trusted, request_environ
 from .parser import HTTPError, Request, RequestReader
-from .response import Exchange, FileWrapper, error_response
+from .response import AppHeads, Exchange, FileWrapper, error_response
 
 log = logging.getLogger("prefork")
 
@@ -81,7 +81,9 @@ class WSGIHandler:
         self.config = HTTPConfig.from_settings(settings)
         self.host: Host = host or Alone()
         self.access = AccessLog(settings.access_log, settings.access_log_format) if settings.access_log else None
-        self.date_cache: list[Any] = [0, ""]  # [second, Date header]: replaced whole, safe across threads
+        self.date_cache: list[Any] = [0, b""]  # [second, Date line]: replaced whole, safe across threads
+        self.heads = AppHeads()
+        self.header_keys: dict[bytes, str] = {}  # field name -> environ key (environ.add_headers)
 
     def bind_worker(self, worker: Host) -> WSGIHandler:
         """This handler, asking ``worker`` about keep-alive (called once in each worker)."""
@@ -199,7 +201,7 @@ class HTTPConnection:
     def answer(self, request: Request) -> bool:
         """Run the application on ``request``; True when the connection may go on."""
         started = time.time() if self.handler.access else 0.0
-        environ = request_environ(self.base, request, self.trusted, self.local_address)
+        environ = request_environ(self.base, request, self.trusted, self.local_address, self.handler.header_keys)
         environ["wsgi.input"] = Body(request, self)
         exchange = Exchange(self, request)
         keep = exchange.run(self.handler.app, environ)
