@@ -5,6 +5,8 @@ listeners (EPOLLEXCLUSIVE: a new connection wakes one idle waiter) and its
 kept-alive connections. It serves whichever of them is ready, one at a time:
 
 - a kept connection whose next request came is answered, then waits again;
+  while quick requests come, slow ones (by their last request) get at most
+  half of the worker's time (quick requests do not wait behind every slow one);
 - a connection waiting on a listener is accepted after at most one more
   request from the kept ones (each turn accepts first, then answers one kept
   request), so new clients never wait behind kept ones;
@@ -37,19 +39,20 @@ from .sockets import Listener
 from .turns import TakeTurns
 
 LISTENER_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
+SLOW = 0.005  # seconds: a request that took this long lets quicker ones go first next time (KeptLoop.next_ready)
 
 
 class Session(Protocol):
     """One connection as a keeping handler serves it, a request at a time."""
 
-    def first(self) -> bool:
-        """Serve what a new connection sent (if anything yet); True: keep it, waiting for its next request."""
+    def first(self) -> bool | None:
+        """Read what a new connection sent, without waiting: True: a request came; None: nothing yet; False: closed."""
 
     def receive(self) -> bool:
         """Read what a ready kept connection sent; False: it closed (nothing to answer)."""
 
     def resume(self) -> bool:
-        """Answer the requests received; True: keep it."""
+        """Answer the requests received (reading more if one is not whole); True: keep it."""
 
 
 class Worker(Protocol):
@@ -84,14 +87,15 @@ def keeps_connections(settings: Settings) -> bool:
 
 
 class Kept:
-    __slots__ = ("addr", "peer", "session", "since", "sock")
+    __slots__ = ("addr", "peer", "session", "since", "sock", "took")
 
     def __init__(self, sock: socket.socket, addr: Any, peer: str, session: Session) -> None:
         self.sock = sock
         self.addr = addr
         self.peer = peer
         self.session = session
-        self.since = time.monotonic()
+        self.since = time.monotonic()  # when its last request was answered
+        self.took = 0.0  # how long that took
 
 
 class KeptLoop:
@@ -111,6 +115,8 @@ class KeptLoop:
         self.turns = TakeTurns(self.poller)
         self.kept: dict[int, Kept] = {}  # by fd, the longest idle first
         self.ready: dict[int, None] = {}  # kept connections whose next request came, oldest first
+        self.slow_ended = self.slow_took = 0.0  # the last slow request's end and duration (next_ready)
+        self.quick_at = 0.0  # when the last quick request was answered
         worker.keeps = True
 
     def run(self) -> None:
@@ -127,7 +133,7 @@ class KeptLoop:
     def turn(self) -> None:
         """Wait; accept one connection per ready listener; answer one kept request; close the expired."""
         worker = self.worker
-        timeout = 0.0 if self.ready else self.until_expiry()
+        timeout = self.wait_time()
         worker.idle = True  # TERM raises StopServing out of the wait (a single-threaded worker)
         try:
             events = self.poller.poll(timeout)
@@ -137,18 +143,58 @@ class KeptLoop:
         accept = []
         for fd, _ in events:
             if fd in kept:
-                ready[fd] = None
+                if fd not in ready:
+                    ready[fd] = None
             elif fd in listeners:
                 accept.append(fd)
         for fd in accept:
             if worker.alive:
                 self.accept(fd)
         if ready and worker.alive:
-            fd = next(iter(ready))
-            del ready[fd]
-            self.resume(kept.pop(fd))
+            due = self.next_ready(time.monotonic())
+            if due is not None:
+                del ready[due]
+                self.resume(kept.pop(due))
         if kept:
             self.expire()
+
+    def next_ready(self, now: float) -> int | None:
+        """The ready connection to answer: the oldest, but slow ones get at most half the time.
+
+        A connection whose last request took SLOW seconds or more is slow. While quick
+        requests come, a slow one is answered only once the worker has given the quick
+        ones, since the last slow request ended, as long as that request took (None:
+        hold the slow ones back until then). Quick requests do not queue behind every
+        slow one; with no quick ones coming, slow ones go on at full speed.
+        """
+        ready, kept = self.ready, self.kept
+        share_given = now - self.slow_ended >= self.slow_took
+        for fd in ready:
+            if share_given or kept[fd].took < SLOW:
+                return fd
+        if now - self.quick_at < self.slow_took:
+            return None
+        return next(iter(ready))
+
+    def answered(self, kept: Kept, started: float) -> None:
+        """``kept``'s request (begun at ``started``) is answered: note how long it took."""
+        kept.since = time.monotonic()
+        kept.took = took = kept.since - started
+        if took >= SLOW:
+            self.slow_ended, self.slow_took = kept.since, took
+        else:
+            self.quick_at = kept.since
+
+    def wait_time(self) -> float:
+        """How long the next epoll wait may last: 0 with a request to answer now; else until one is due."""
+        idle = self.until_expiry()
+        if not self.ready:
+            return idle
+        now = time.monotonic()
+        if self.next_ready(now) is not None:
+            return 0.0
+        hold = self.slow_ended + self.slow_took - now
+        return hold if idle < 0 else min(hold, idle)
 
     def accept(self, fd: int) -> None:
         worker = self.worker
@@ -161,37 +207,42 @@ class KeptLoop:
             return
         self.turns.served(fd)
         conn = socket.socket(*worker.socket_kinds[fd], fileno=conn_fd)
-        worker.begin_connection(format_peer(addr))
-        keep = False
         try:
             if worker.prepare is not None:
-                conn, addr = worker.prepare(conn, addr)
+                conn, addr = worker.prepare(conn, addr)  # bounded by --handshake-timeout
             session = self.handler.open(conn, addr)
-            keep = session.first()
+            arrived = session.first()
         except Refused:
-            pass
+            return  # logged and closed where it was decided
         except Exception as exc:
             worker.handler_failed(exc, addr)
-        finally:
-            worker.end_connection()
-        if keep:
-            self.keep(Kept(conn, addr, format_peer(addr), session))  # the PROXY header's client, if any
-        else:
             close(conn)
-        worker.after_serving()
+            return
+        if arrived is False:
+            close(conn)
+            return
+        kept = Kept(conn, addr, format_peer(addr), session)  # the PROXY header's client, if any
+        self.keep(kept)
+        if arrived:
+            self.serve(self.kept.pop(conn.fileno()))
 
     def resume(self, kept: Kept) -> None:
         """Answer the request a kept connection sent (not counted if it only closed)."""
-        worker = self.worker
         try:
             alive = kept.session.receive()
         except OSError:
             alive = False
-        if not alive:
+        if alive:
+            self.serve(kept)
+        else:
             self.drop(kept)
-            return
+
+    def serve(self, kept: Kept) -> None:
+        """Answer the requests received on ``kept`` (busy in the scoreboard meanwhile); keep it or close it."""
+        worker = self.worker
         worker.begin_connection(kept.peer)
         keep = False
+        started = time.monotonic()
         try:
             keep = kept.session.resume()
         except Exception as exc:
@@ -199,7 +250,7 @@ class KeptLoop:
         finally:
             worker.end_connection()
         if keep:
-            kept.since = time.monotonic()
+            self.answered(kept, started)
             self.kept[kept.sock.fileno()] = kept  # now the most recently active
         else:
             self.drop(kept)

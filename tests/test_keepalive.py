@@ -182,3 +182,25 @@ def test_graceful_stop_closes_idle_kept_connections_at_once(server: Server) -> N
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_a_quick_request_goes_before_one_on_a_slow_connection(server: Server) -> None:
+    """Right after a slow request, a kept connection whose last request was slow lets a quick one go first."""
+    start_http(server, workers=1)
+    busy, slow, quick = (connect(server.address, timeout=30) for _ in range(3))
+    with busy, slow, quick:
+        assert ask(slow, b"GET /sleep?0.1 HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200  # slow, by its last request
+        assert ask(quick)[0] == 200 and ask(busy)[0] == 200
+        busy.sendall(b"GET /sleep?0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # the worker is in the application now
+        slow.sendall(b"GET /sleep?0.1 HTTP/1.1\r\nHost: x\r\n\r\n")  # ready first
+        time.sleep(0.05)
+        quick.sendall(GET)
+        order = []
+        waiting = {slow: "slow", quick: "quick"}
+        deadline = time.monotonic() + 30
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select(list(waiting), [], [], 1)
+            order += [waiting.pop(sock) for sock in readable]
+        assert order == ["quick", "slow"]
+        assert read_response(busy).status == 200

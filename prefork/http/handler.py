@@ -126,23 +126,21 @@ class HTTPConnection:
 
     # --- a connection kept in the worker's epoll set between requests (prefork.keepalive) ---
 
-    def first(self) -> bool:
-        """Serve what a new connection already sent; True: keep it (also when nothing came yet)."""
+    def first(self) -> bool | None:
+        """Read what a new connection already sent: True: bytes came; None: nothing yet; False: it closed."""
         self.set_nodelay()
         if self.tls:
-            if not wait_readable(self.sock, 0):
-                return True
-        else:
-            try:
-                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return True
-            except ConnectionError:
-                return False
-            if not data:
-                return False
-            self.reader.feed(data)
-        return self.resume()
+            return True if wait_readable(self.sock, 0) else None
+        try:
+            data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except ConnectionError:
+            return False
+        if not data:
+            return False
+        self.reader.feed(data)
+        return True
 
     def resume(self) -> bool:
         """Answer every request whose bytes are here (or on their way); True: wait for the client's next."""
