@@ -1,16 +1,20 @@
-"""The handler a worker runs per connection with --wsgi, and the keep-alive loop of one connection.
+"""The handler a worker runs per connection with --wsgi, and the requests of one connection.
 
-Keep-alive policy (one thread serves one connection at a time):
+Two ways to serve a connection, chosen by the worker:
 
-- a request is answered ``Connection: close`` when other connections wait in
-  the worker's accept queue, or the worker is stopping (decided as the head
-  goes out, see response.py): a busy pool degrades to one request per
-  connection, as gunicorn's sync worker always is, instead of starving the queue;
-- between requests the worker waits for the client's next request at most
-  --keepalive seconds, and gives the connection up as soon as another
-  connection queues or a stop comes (:meth:`~prefork.worker.Worker.await_next`);
-- pipelined requests already received are answered in order first.
+- kept in the worker's epoll set between requests (prefork/keepalive.py, the
+  default): the worker calls :meth:`HTTPConnection.first` on a new connection,
+  then :meth:`~HTTPConnection.receive` and :meth:`~HTTPConnection.resume` each
+  time it has a request, and closes it when one returns False;
+- one connection per thread until it ends (:meth:`HTTPConnection.serve`, with
+  --max-per-source or a handler not bound to a worker): a request is answered
+  ``Connection: close`` when other connections wait in the worker's accept
+  queue or the worker is stopping (decided as the head goes out, see
+  response.py), and between requests the worker waits for the client at most
+  --keepalive seconds, giving it up as soon as another connection queues
+  (:meth:`~prefork.worker.Worker.await_next`).
 
+Pipelined requests already received are answered in order first, either way.
 The handler holds no per-connection state: each connection gets its own
 :class:`HTTPConnection`, so threads (--threads) share the handler safely.
 """

@@ -9,10 +9,10 @@ Keep-alive is decided at the same moment and announced in the head, so the
 client never sends a request on a connection we are about to close: the
 connection is kept when the client wants it and none of these hold: the
 application said ``Connection: close``; the framing needs the close; the
-worker is stopping or due to retire (--max-requests), or other connections
-wait in its accept queue (one thread per worker must not stay with one
-client while others queue); the
-client still holds back a body it was told to wait with (100-continue).
+worker is stopping or due to retire (--max-requests), or, for a worker that
+serves one connection at a time (--max-per-source), other connections wait
+in its accept queue; the client still holds back a body it was told to wait
+with (100-continue).
 """
 
 from __future__ import annotations
