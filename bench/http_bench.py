@@ -225,9 +225,12 @@ def measured(server: Server, load: Load, duration: float) -> dict[str, float]:
     return figures
 
 
-def measure(duration: float, rounds: int, workers: int,
-            only: tuple[str, ...] = LOADS) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """Every round's figures, per load and server label; one set of servers per application."""
+def measure(duration: float, rounds: int, workers: int, only: tuple[str, ...] = LOADS,
+            picked: tuple[str, ...] = ()) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Every round's figures, per load and server label; one set of servers per application.
+
+    ``picked``: only the servers whose label starts with one of these (all when empty).
+    """
     chosen = loads(only)
     servers: dict[str, list[Server]] = {}
     runs: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -235,7 +238,8 @@ def measure(duration: float, rounds: int, workers: int,
         for load in chosen:
             if load.app not in servers:
                 servers[load.app] = [Server(label, argv(port), port)
-                                     for label, argv in commands(workers, load.app) for port in [free_port()]]
+                                     for label, argv in commands(workers, load.app) for port in [free_port()]
+                                     if not picked or label.startswith(picked)]
             load.servers = servers[load.app]
             runs[load.name] = {server.label: [] for server in load.servers}
         for group in servers.values():
@@ -286,9 +290,10 @@ def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], workers: int) 
     return rows
 
 
-def run(duration: float, rounds: int, workers: int = WORKERS, only: tuple[str, ...] = LOADS) -> list[dict[str, Any]]:
+def run(duration: float, rounds: int, workers: int = WORKERS, only: tuple[str, ...] = LOADS,
+        picked: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Measure and summarize (called by ``python -m bench`` with its plan's duration and rounds)."""
-    return summarize(measure(duration, rounds, workers, only), workers)
+    return summarize(measure(duration, rounds, workers, only, picked), workers)
 
 
 TITLES = {
@@ -326,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument("--only", default=",".join(LOADS), help="loads to run, comma-separated: " + ", ".join(LOADS))
+    parser.add_argument("--servers", default="", help="only the servers whose label starts with one of these, "
+                        "comma-separated (e.g. 'prefork --wsgi,gunicorn sync,granian')")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -337,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"http_bench: unknown load {unknown[0]!r} (known: {', '.join(LOADS)})\n")
         return 2
     load_before = os.getloadavg()
-    rows = run(args.duration, args.rounds, args.workers, only)
+    picked = tuple(name for name in args.servers.split(",") if name)
+    rows = run(args.duration, args.rounds, args.workers, only, picked)
     load_after = os.getloadavg()
     command = "python bench/http_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(rows, command.strip(), args.duration, args.rounds, load_before, load_after)
