@@ -1,4 +1,4 @@
-"""HTTP: hands over to ``bench/http_bench.py`` (wrk against prefork and gunicorn) when it can run."""
+"""HTTP: hands over to ``bench/http_bench.py`` (wrk against prefork, gunicorn, granian, uWSGI) when it can run."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def missing() -> list[str]:
 
 
 def run(plan: Plan) -> Section:
-    section = Section("HTTP: prefork vs gunicorn (wrk)")
+    section = Section("HTTP: prefork vs gunicorn, granian, uWSGI (wrk)")
     absent = missing()
     if plan.smoke:
-        section.skipped = "not run by --smoke (wrk and three servers take seconds on their own)"
+        section.skipped = "not run by --smoke (wrk and six servers take minutes on their own)"
         return section
     if absent:
         section.skipped = "needs " + ", ".join(absent)
@@ -43,7 +43,7 @@ def table_of(rows: list[dict[str, Any]]) -> Table:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    table = Table("HTTP hello world, wrk", columns, summary=True)
+    table = Table("HTTP: hello world (-c50, -c8, mixed load) and Flask, wrk", columns, summary=True)
     for row in rows:
         table.add(*(row.get(column, "") for column in columns))
     return table

@@ -1,6 +1,6 @@
 """Startup: from the command to the first HTTP answer, prefork --wsgi beside gunicorn; and `prefork --version`.
 
-Both servers run the same WSGI hello app (``bench.http_bench:hello``) with one
+Both servers run the same WSGI hello app (``bench.wsgi_apps:hello``) with one
 worker, started alternately (prefork, gunicorn, gunicorn, prefork, ...) so that
 the machine's load falls on both alike; the figure is the median time from
 ``Popen`` to the first complete ``200`` answer. Goal: prefork at most 0.7x
@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 
-from .http_bench import APP, free_port
+from .http_bench import HELLO as APP
+from .http_bench import free_port
 from .plan import Plan
 from .report import Section, Table, median, ratio
 

@@ -244,8 +244,12 @@ class Settings:
         parse=boolean, flag=True,
     )
     keepalive: float = setting(
-        5.0, help="HTTP: close a kept-alive connection idle this long (0 = no keep-alive); sooner when "
-        "other connections wait.", parse=seconds, metavar="SECONDS",
+        5.0, help="HTTP: close a kept-alive connection idle this long (0 = no keep-alive).",
+        parse=seconds, metavar="SECONDS",
+    )
+    keepalive_max: int = setting(
+        100, help="HTTP: most idle kept-alive connections a worker (each --threads thread) keeps waiting in its "
+        "epoll set; over it, the longest idle is closed.", parse=integer(1, 65536), metavar="N",
     )
     limit_request_line: int = setting(
         4094, help="HTTP: longest request line, in bytes; longer is answered 414 (0 = no limit).",

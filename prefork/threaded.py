@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any, NoReturn
 
+from . import keepalive
 from .peer import Handler
 from .scoreboard import IDLE, STOPPING
 from .sockets import Listener
@@ -58,6 +59,9 @@ class ThreadedWorker(Worker):
 
     # --- waiting: whatever the number of listeners, the same threaded loop ---
 
+    def serve_kept(self, handler: Handler) -> bool:
+        return False  # each thread keeps its own (accept_thread)
+
     def accept_loop_single(self, handler: Handler) -> None:
         self.serve_in_threads(handler)
 
@@ -80,6 +84,17 @@ class ThreadedWorker(Worker):
             raise self.failure
 
     def accept_thread(self, handler: Handler) -> None:
+        try:
+            if not keepalive.serve_kept(self, handler, self.wake_r):  # this thread's own kept connections
+                self.accept_in_epoll(handler)
+            if self.scoreboard.header.shutting_down:
+                self.drain(handler)  # every thread drains: the queue empties in parallel
+        except BaseException as exc:  # a listener failed: stop the whole worker, report in the main thread
+            self.failure = exc
+            self.alive = False
+            self.wake_threads()
+
+    def accept_in_epoll(self, handler: Handler) -> None:
         by_fd = {listener.fileno(): listener.sock for listener in self.listeners}
         poller = select.epoll()
         try:
@@ -91,12 +106,6 @@ class ThreadedWorker(Worker):
                 for fd, _ in poller.poll():
                     if fd != self.wake_r and self.alive and self.accept_one(handler, by_fd[fd]):
                         turns.served(fd)
-            if self.scoreboard.header.shutting_down:
-                self.drain(handler)  # every thread drains: the queue empties in parallel
-        except BaseException as exc:  # a listener failed: stop the whole worker, report in the main thread
-            self.failure = exc
-            self.alive = False
-            self.wake_threads()
         finally:
             poller.close()
 

@@ -18,9 +18,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import events, hooks, privileges, proctitle
+from . import events, hooks, keepalive, privileges, proctitle
 from .connection import Prepare, Refused, make_preparer
 from .drain import HANDSHAKE_SETTLE, handshakes_under_way
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ssl import SSLContext
 
 log = logging.getLogger("prefork")
+T = TypeVar("T")
 
 # accept() errors that concern one connection or a passing shortage, not the listener.
 TRANSIENT_ACCEPT_ERRORS = {
@@ -109,6 +110,7 @@ class Worker:
         if settings.max_requests:
             self.retire_at = settings.max_requests + random.randint(0, settings.max_requests_jitter)
         self.retire_requested = False
+        self.keeps = False  # kept-alive connections wait in our epoll set (keepalive.py)
 
     # --- life ---
 
@@ -154,7 +156,9 @@ class Worker:
         self.slot.state = IDLE
         self.tell_master(EVENT_BOOTED)
         log.debug("booted")
-        if len(self.listeners) == 1:
+        if self.serve_kept(handler):
+            pass  # kept-alive connections wait in our epoll set with the listeners
+        elif len(self.listeners) == 1:
             self.accept_loop_single(handler)
         else:
             self.accept_loop_multi(handler)
@@ -212,6 +216,13 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     # --- waiting for connections ---
+
+    def serve_kept(self, handler: Handler) -> bool:
+        """Listeners and kept-alive connections in one epoll set (keepalive.py); False: not for this handler."""
+        try:
+            return keepalive.serve_kept(self, handler)
+        except StopServing:
+            return True
 
     def accept_loop_single(self, handler: Handler) -> None:
         """Block in accept() itself: the kernel wakes exactly one idle worker per connection."""
@@ -339,7 +350,6 @@ class Worker:
 
     def serve(self, handler: Handler, conn: socket.socket, addr: Any) -> None:
         """Run the handler on one connection, then close it whatever happened."""
-        slot = self.slot
         self.begin_connection(format_peer(addr))
         escaped = False
         try:
@@ -348,14 +358,8 @@ class Worker:
             self.call_handler(handler, conn, addr)
         except Refused:
             pass  # logged (rate-limited) where it was decided; closed before any app code ran
-        except TimeoutError:
-            if not self.settings.idle_timeout:
-                log.exception("handler failed on connection from %s", format_peer(addr))
-            else:  # the client went silent: its doing, no traceback
-                log.info("connection from %s idle for %gs (--idle-timeout); closed",
-                         format_peer(addr), self.settings.idle_timeout)
-        except Exception:
-            log.exception("handler failed on connection from %s", format_peer(addr))
+        except Exception as exc:
+            self.handler_failed(exc, addr)
         except StopServing:
             raise
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the handler wants out; so do we
@@ -370,6 +374,18 @@ class Worker:
             self.end_connection()
         if escaped:
             os._exit(WORKER_EXIT_ERROR)
+        self.after_serving()
+
+    def handler_failed(self, exc: Exception, addr: Any) -> None:
+        if isinstance(exc, TimeoutError) and self.settings.idle_timeout:  # the client went silent: no traceback
+            log.info("connection from %s idle for %gs (--idle-timeout); closed",
+                     format_peer(addr), self.settings.idle_timeout)
+        else:
+            log.error("handler failed on connection from %s", format_peer(addr), exc_info=exc)
+
+    def after_serving(self) -> None:
+        """Between connections (and kept-alive requests): reopen logs if asked, ask to retire if due."""
+        slot = self.slot
         if self.reopen_logs:
             self.reopen_logs = False
             self.reopen()
@@ -380,8 +396,12 @@ class Worker:
 
     def call_handler(self, handler: Handler, conn: socket.socket, addr: Any) -> None:
         """Run the handler; a process it forked that comes back from it leaves at once (never serves)."""
+        self.run_app_code(handler, conn, addr)
+
+    def run_app_code(self, function: Callable[..., T], *args: Any) -> T:
+        """Call app code (a handler, or a kept-alive request's answer); a forked child coming back leaves."""
         try:
-            handler(conn, addr)
+            result = function(*args)
         except SystemExit as exc:
             if os.getpid() != self.pid:
                 code = exc.code
@@ -395,6 +415,7 @@ class Worker:
             raise
         if os.getpid() != self.pid:
             self.leave_forked_child(WORKER_EXIT_OK, "returned from it")
+        return result
 
     def leave_forked_child(self, status: int, how: str) -> NoReturn:
         log.warning("a process (pid %d) forked by handler %s %s: it leaves with status %d instead of "
@@ -420,7 +441,7 @@ class Worker:
         """
         if not self.alive or self.retire_requested or (self.retire_at and self.slot.requests + 1 >= self.retire_at):
             return True
-        return self.others_waiting()
+        return not self.keeps and self.others_waiting()
 
     def others_waiting(self) -> bool:
         """Whether a connection waits in one of our listeners' accept queues (zero-timeout poll)."""

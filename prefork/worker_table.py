@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import hooks
 from .errors import describe_status
 from .events import EVENT_BOOTED, EVENT_RETIRE
+from .keepalive import keeps_connections
 from .scoreboard import BUSY, Scoreboard
 from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .threaded import make_nonblocking, run_worker
@@ -82,9 +83,11 @@ class WorkerTable:
         if record is None:
             return
         listeners = base.listeners.for_worker(index, settings)
-        threaded_running = any(self.scoreboard.slots[w.slot].threads > 1 for w in self.workers.values())
-        if settings.threads > 1 or threaded_running:
-            make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
+        slots = self.scoreboard.slots
+        in_epoll = settings.threads > 1 or keeps_connections(settings)
+        if in_epoll or any(slots[w.slot].threads > 1 or slots[w.slot].in_epoll for w in self.workers.values()):
+            make_nonblocking(listeners)  # threads and kept connections wait in epoll, never in a blocking accept()
+        slots[record.slot].in_epoll = in_epoll
         hooks.run("pre_fork", settings, base.server, hooks.WorkerInfo.of(record))
         spec = WorkerSpec(
             settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,

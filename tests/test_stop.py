@@ -272,3 +272,21 @@ def test_a_process_forked_by_a_handler_leaves_when_the_handler_returns(
     line = next(line for line in server.log().splitlines() if "forked by handler testapps:forks" in line)
     assert answer[0].decode() in line
     assert server.ask(b"0", timeout=10).split()[1] == b"0"  # the worker goes on serving
+
+
+@pytest.mark.parametrize("keepalive", ["2", "0"])
+def test_a_process_forked_by_a_wsgi_app_leaves_when_its_answer_is_written(server: Server, keepalive: str) -> None:
+    # With keep-alive the worker waits in its kept-connection loop: a child coming back there must
+    # leave too, or it would serve on (and the parent, waiting for it, would never answer).
+    start_http(server, "--keepalive", keepalive, app="wsgiapps:forks", workers=1)
+    with socket.create_connection(server.address, timeout=20) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while b"parent " not in data or not data.endswith(b"\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    words = data[data.index(b"parent "):].split()
+    assert words[3] == b"0", data  # the child left with status 0 once the app had returned in it
+    wait_for(lambda: "forked by handler wsgiapps:forks" in server.log(), what="the log line naming the app")

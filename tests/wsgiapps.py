@@ -143,3 +143,13 @@ def record(environ: dict[str, Any], start_response: StartResponse) -> Iterable[b
         start_response("200 OK", [("Content-Type", "application/json")])
         return iter([json.dumps(seen).encode()])
     return ok(start_response, json.dumps(seen).encode(), [("Content-Type", "application/json")])
+
+
+def forks(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    """Fork a child that returns from the app (its answer is written, then it must leave); the parent
+    answers ``parent <pid> <child pid> <child status>`` once the child has exited."""
+    child = os.fork()
+    if child == 0:
+        return ok(start_response, b"child\n")
+    _, status = os.waitpid(child, 0)
+    return ok(start_response, f"parent {os.getpid()} {child} {os.waitstatus_to_exitcode(status)}\n".encode())

@@ -22,6 +22,7 @@ from ..settings import Settings
 from .parser import Limits, Request
 
 Environ = dict[str, Any]
+KEYS_KEPT = 512  # field names whose environ key a handler remembers
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,13 @@ def connection_environ(config: HTTPConfig, addr: Any, tls: bool, file_wrapper: A
     return environ
 
 
-def request_environ(base: Environ, request: Request, trusted: Rules | None, local: Any) -> Environ:
+def request_environ(base: Environ, request: Request, trusted: Rules | None, local: Any,
+                    keys: dict[bytes, str] | None = None) -> Environ:
     """The environ of ``request``.
 
     ``trusted``: the proxies' rules when the peer is one of them (None: ignore proxy headers);
-    ``local``: a callable giving the server's (host, port) when there is no Host header.
+    ``local``: a callable giving the server's (host, port) when there is no Host header;
+    ``keys``: field name -> environ key, kept across requests (:func:`add_headers`).
     """
     environ = base.copy()
     url = request.url
@@ -92,7 +95,7 @@ def request_environ(base: Environ, request: Request, trusted: Rules | None, loca
         path = b"/" + path.partition(b"://")[2].partition(b"/")[2]
     environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
     environ["QUERY_STRING"] = query.decode("latin-1")
-    add_headers(environ, request.headers)
+    add_headers(environ, request.headers, {} if keys is None else keys)
     if trusted is not None:
         apply_forwarded(environ, trusted)
     split_script_name(environ)
@@ -100,19 +103,32 @@ def request_environ(base: Environ, request: Request, trusted: Rules | None, loca
     return environ
 
 
-def add_headers(environ: Environ, headers: list[tuple[bytes, bytes]]) -> None:
-    """``HTTP_*``, ``CONTENT_TYPE`` and ``CONTENT_LENGTH``; repeated fields joined as RFC 9110 says."""
+def add_headers(environ: Environ, headers: list[tuple[bytes, bytes]], keys: dict[bytes, str]) -> None:
+    """``HTTP_*``, ``CONTENT_TYPE`` and ``CONTENT_LENGTH``; repeated fields joined as RFC 9110 says.
+
+    ``keys`` remembers each field name's key (clients send the same few names on every request).
+    """
     for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").upper()
-        if "_" in name:
-            continue  # X_Forwarded_For would pass for X-Forwarded-For once mapped: ignore it
-        key = name.replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
+        key = keys.get(raw_name)
+        if key is None:
+            key = environ_key(raw_name)
+            if len(keys) < KEYS_KEPT:
+                keys[raw_name] = key
+        if not key:
+            continue
         value = raw_value.decode("latin-1")
         if key in environ:
             value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
         environ[key] = value
+
+
+def environ_key(raw_name: bytes) -> str:
+    """The environ key of a field name; "" for a name with "_" (ignored)."""
+    name = raw_name.decode("latin-1").upper()
+    if "_" in name:
+        return ""  # X_Forwarded_For would pass for X-Forwarded-For once mapped: ignore it
+    key = name.replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
 
 
 def apply_forwarded(environ: Environ, trusted: Rules) -> None:

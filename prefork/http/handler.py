@@ -1,16 +1,20 @@
-"""The handler a worker runs per connection with --wsgi, and the keep-alive loop of one connection.
+"""The handler a worker runs per connection with --wsgi, and the requests of one connection.
 
-Keep-alive policy (one thread serves one connection at a time):
+Two ways to serve a connection, chosen by the worker:
 
-- a request is answered ``Connection: close`` when other connections wait in
-  the worker's accept queue, or the worker is stopping (decided as the head
-  goes out, see response.py): a busy pool degrades to one request per
-  connection, as gunicorn's sync worker always is, instead of starving the queue;
-- between requests the worker waits for the client's next request at most
-  --keepalive seconds, and gives the connection up as soon as another
-  connection queues or a stop comes (:meth:`~prefork.worker.Worker.await_next`);
-- pipelined requests already received are answered in order first.
+- kept in the worker's epoll set between requests (prefork/keepalive.py, the
+  default): the worker calls :meth:`HTTPConnection.first` on a new connection,
+  then :meth:`~HTTPConnection.receive` and :meth:`~HTTPConnection.resume` each
+  time it has a request, and closes it when one returns False;
+- one connection per thread until it ends (:meth:`HTTPConnection.serve`, with
+  --max-per-source or a handler not bound to a worker): a request is answered
+  ``Connection: close`` when other connections wait in the worker's accept
+  queue or the worker is stopping (decided as the head goes out, see
+  response.py), and between requests the worker waits for the client at most
+  --keepalive seconds, giving it up as soon as another connection queues
+  (:meth:`~prefork.worker.Worker.await_next`).
 
+Pipelined requests already received are answered in order first, either way.
 The handler holds no per-connection state: each connection gets its own
 :class:`HTTPConnection`, so threads (--threads) share the handler safely.
 """
@@ -29,7 +33,7 @@ from .accesslog import AccessLog
 from .body import Body, BodyError
 from .environ import HTTPConfig, connection_environ, is_trusted, request_environ
 from .parser import HTTPError, Request, RequestReader
-from .response import Exchange, FileWrapper, error_response
+from .response import AppHeads, Exchange, FileWrapper, error_response
 
 log = logging.getLogger("prefork")
 
@@ -81,7 +85,9 @@ class WSGIHandler:
         self.config = HTTPConfig.from_settings(settings)
         self.host: Host = host or Alone()
         self.access = AccessLog(settings.access_log, settings.access_log_format) if settings.access_log else None
-        self.date_cache: list[Any] = [0, ""]  # [second, Date header]: replaced whole, safe across threads
+        self.date_cache: list[Any] = [0, b""]  # [second, Date line]: replaced whole, safe across threads
+        self.heads = AppHeads()
+        self.header_keys: dict[bytes, str] = {}  # field name -> environ key (environ.add_headers)
 
     def bind_worker(self, worker: Host) -> WSGIHandler:
         """This handler, asking ``worker`` about keep-alive (called once in each worker)."""
@@ -89,6 +95,10 @@ class WSGIHandler:
 
     def __call__(self, conn: socket.socket, addr: Any) -> None:
         HTTPConnection(self, conn, addr).serve()
+
+    def open(self, conn: socket.socket, addr: Any) -> HTTPConnection:
+        """The connection, for a worker that keeps it between requests (prefork.keepalive)."""
+        return HTTPConnection(self, conn, addr)
 
 
 class HTTPConnection:
@@ -105,24 +115,48 @@ class HTTPConnection:
         self.trusted = handler.config.trusted if is_trusted(handler.config, addr) else None
 
     def serve(self) -> None:
-        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Heads and bodies go out in separate sends (streaming, sendfile): no Nagle delay.
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Serve the connection to its end, waiting between requests as long as the host lets it."""
+        self.set_nodelay()
         if not self.read_first():
             return
         keepalive = self.handler.config.keepalive
+        while self.resume() and self.host.await_next(self.sock, self.addr, keepalive):
+            pass
+
+    def set_nodelay(self) -> None:
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Heads and bodies go out in separate sends (streaming, sendfile): no Nagle delay.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # --- a connection kept in the worker's epoll set between requests (prefork.keepalive) ---
+
+    def first(self) -> bool | None:
+        """Read what a new connection already sent: True: bytes came; None: nothing yet; False: it closed."""
+        self.set_nodelay()
+        if self.tls:
+            return True if wait_readable(self.sock, 0) else None
+        try:
+            data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except ConnectionError:
+            return False
+        if not data:
+            return False
+        self.reader.feed(data)
+        return True
+
+    def resume(self) -> bool:
+        """Answer every request whose bytes are here (or on their way); True: wait for the client's next."""
+        reader = self.reader
         while True:
             request = self.next_request()
             if request is None or not self.answer(request):
-                return
-            self.reader.queue.popleft()
-            reader = self.reader
+                return False
+            reader.queue.popleft()
             if reader.queue or reader.partial or reader.error is not None or tls_pending(self.sock):
                 continue  # pipelined, on its way, or a bad request to answer: no waiting to decide
-            if reader.upgraded:
-                return
-            if not self.host.await_next(self.sock, self.addr, keepalive):
-                return
+            return not reader.upgraded
 
     def read_first(self) -> bool:
         """Wait (at most --keepalive, else 5 s) for the first request's bytes; usually already here."""
@@ -169,7 +203,7 @@ class HTTPConnection:
     def answer(self, request: Request) -> bool:
         """Run the application on ``request``; True when the connection may go on."""
         started = time.time() if self.handler.access else 0.0
-        environ = request_environ(self.base, request, self.trusted, self.local_address)
+        environ = request_environ(self.base, request, self.trusted, self.local_address, self.handler.header_keys)
         environ["wsgi.input"] = Body(request, self)
         exchange = Exchange(self, request)
         keep = exchange.run(self.handler.app, environ)

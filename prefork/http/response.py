@@ -9,10 +9,10 @@ Keep-alive is decided at the same moment and announced in the head, so the
 client never sends a request on a connection we are about to close: the
 connection is kept when the client wants it and none of these hold: the
 application said ``Connection: close``; the framing needs the close; the
-worker is stopping or due to retire (--max-requests), or other connections
-wait in its accept queue (one thread per worker must not stay with one
-client while others queue); the
-client still holds back a body it was told to wait with (100-continue).
+worker is stopping or due to retire (--max-requests), or, for a worker that
+serves one connection at a time (--max-per-source), other connections wait
+in its accept queue; the client still holds back a body it was told to wait
+with (100-continue).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from .body import BodyError
 from .parser import HTTPError, Request
@@ -57,12 +57,68 @@ class FileWrapper:
             close()
 
 
-def http_date(cache: list[Any]) -> str:
-    """The Date header's value, formatted once a second (``cache`` is [second, text])."""
+def date_line(cache: list[Any]) -> bytes:
+    """The Date header line, formatted once a second (``cache`` is [second, line])."""
     now = int(time.time())
     if cache[0] != now:
-        cache[1], cache[0] = formatdate(now, usegmt=True), now
-    return str(cache[1])
+        cache[1], cache[0] = b"Date: %s\r\n" % formatdate(now, usegmt=True).encode("ascii"), now
+    line: bytes = cache[1]
+    return line
+
+
+class AppHead(NamedTuple):
+    """What a status and header list give the head, found once for each distinct pair."""
+
+    text: bytes  # the status line and the application's fields but Connection, each ending in CRLF
+    length: int | None  # its Content-Length
+    wants_close: bool  # its Connection field says close
+    has_date: bool
+    has_server: bool
+
+
+class AppHeads:
+    """The :class:`AppHead` of each (status, headers) an application answers with: most answer with few."""
+
+    LIMIT = 256  # distinct pairs kept; past it, start over (an app that varies its headers gains nothing)
+
+    def __init__(self) -> None:
+        self.known: dict[Any, AppHead] = {}
+
+    def get(self, status: str | None, headers: list[tuple[str, str]]) -> AppHead:
+        try:
+            key = (status, tuple(headers))
+            part = self.known.get(key)
+        except TypeError:  # an unhashable item (a list for a tuple): parse it every time
+            return app_head(status, headers)
+        if part is None:
+            part = app_head(status, headers)
+            if len(self.known) >= self.LIMIT:
+                self.known.clear()
+            self.known[key] = part
+        return part
+
+
+def app_head(status: str | None, headers: list[tuple[str, str]]) -> AppHead:
+    """Parse the application's status and fields (ValueError: a line break in one, or a bad Content-Length)."""
+    lines = [f"HTTP/1.1 {status}"]
+    length = None
+    wants_close = has_date = has_server = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "content-length":
+            length = int(value)
+        elif lower == "connection":
+            wants_close = "close" in value.lower()
+            continue  # ours, in the head
+        elif lower == "date":
+            has_date = True
+        elif lower == "server":
+            has_server = True
+        lines.append(f"{name}: {value}")
+    text = "\r\n".join(lines)
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        raise ValueError("a response header contains a line break")
+    return AppHead((text + "\r\n").encode("latin-1"), length, wants_close, has_date, has_server)
 
 
 def error_response(status: int, message: str) -> bytes:
@@ -202,50 +258,39 @@ class Exchange:
             self.conn.send(head)
 
     def head(self, whole: int | None) -> bytes:
-        """Build the head: the application's headers, framing, Date, Server and Connection."""
+        """Build the head: the application's headers (parsed once per distinct list), framing, Date, Server,
+        Connection."""
         request = self.request
         code = self.code
+        part = self.conn.handler.heads.get(self.status, self.headers)
+        self.length = part.length
+        lines = [part.text]
+        ends_with_close = False
         if code < 200 or code in (204, 304):
             self.no_body = True
-        lines = [f"HTTP/1.1 {self.status}"]
-        wants_close = has_date = has_server = False
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                self.length = int(value)
-            elif lower == "connection":
-                wants_close = "close" in value.lower()
-                continue  # ours, below
-            elif lower == "date":
-                has_date = True
-            elif lower == "server":
-                has_server = True
-            lines.append(f"{name}: {value}")
-        ends_with_close = False
-        if self.length is None and code >= 200 and code not in (204, 304):
+        elif self.length is None:
             if whole is not None:
                 self.length = whole
-                lines.append(f"Content-Length: {whole}")
+                lines.append(b"Content-Length: %d\r\n" % whole)
             elif self.no_body:
                 pass  # HEAD of a streamed answer: no length to tell
             elif request.version == "1.1":
                 self.chunked = True
-                lines.append("Transfer-Encoding: chunked")
+                lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 ends_with_close = True
-        if not has_date:
-            lines.append("Date: " + http_date(self.conn.handler.date_cache))
-        if not has_server:
-            lines.append("Server: prefork")
-        self.keep_alive = self.may_keep_alive(wants_close or ends_with_close)
-        if self.keep_alive and request.version == "1.0":
-            lines.append("Connection: keep-alive")
-        elif not self.keep_alive:
-            lines.append("Connection: close")  # HTTP/1.0 too: a close-delimited body says so (RFC 9112 9.6)
-        text = "\r\n".join(lines)
-        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
-            raise ValueError("a response header contains a line break")
-        return (text + "\r\n\r\n").encode("latin-1")
+        if not part.has_date:
+            lines.append(date_line(self.conn.handler.date_cache))
+        if not part.has_server:
+            lines.append(b"Server: prefork\r\n")
+        self.keep_alive = self.may_keep_alive(part.wants_close or ends_with_close)
+        if self.keep_alive:
+            if request.version == "1.0":
+                lines.append(b"Connection: keep-alive\r\n")
+        else:
+            lines.append(b"Connection: close\r\n")  # HTTP/1.0 too: a close-delimited body says so (RFC 9112 9.6)
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def may_keep_alive(self, must_close: bool) -> bool:
         request = self.request
