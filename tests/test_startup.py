@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from email.utils import formatdate
 from pathlib import Path
+
+import pytest
+from conftest import Server
+from http_helpers import get, start_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +62,24 @@ def test_version_does_not_import_the_cli() -> None:
     version, modules = done.stdout.splitlines()
     assert version.startswith("prefork, version ")
     assert modules == "[]"  # neither click nor any of prefork's modules
+
+
+# Modules a --wsgi worker without TLS does without (ssl: ~4.5 MB and ~10 ms of import per worker).
+NOT_IN_A_WSGI_WORKER = ("ssl", "_ssl", "email", "email.utils", "prefork.tls", "json", "tomllib")
+
+
+def test_a_wsgi_worker_without_tls_loads_no_ssl_nor_email(server: Server) -> None:
+    start_http(server, app="leanapp:modules", workers=1)
+    status, _, body = get(server.address, "/")
+    modules = set(body.decode().split())
+    assert status == 200 and "prefork.http.handler" in modules and "httptools" in modules  # the probe works
+    assert not modules & set(NOT_IN_A_WSGI_WORKER), sorted(modules & set(NOT_IN_A_WSGI_WORKER))
+
+
+def test_the_date_header_is_written_as_email_utils_writes_it() -> None:
+    pytest.importorskip("httptools")
+    from prefork.http.response import imf_fixdate
+
+    now = int(time.time())
+    for when in (0, 951782400, 1709164799, 4102444799, now, *range(now, now + 86400 * 400, 86400 * 7 + 3601)):
+        assert imf_fixdate(when) == formatdate(when, usegmt=True), when

@@ -23,7 +23,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from email.utils import formatdate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -61,8 +60,20 @@ def http_date(cache: list[Any]) -> str:
     """The Date header's value, formatted once a second (``cache`` is [second, text])."""
     now = int(time.time())
     if cache[0] != now:
-        cache[1], cache[0] = formatdate(now, usegmt=True), now
+        cache[1], cache[0] = imf_fixdate(now), now
     return str(cache[1])
+
+
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_fixdate(now: float) -> str:
+    """RFC 9110's date format, as email.utils.formatdate(now, usegmt=True) writes it (without
+    importing the email package into every worker): names in English whatever the locale."""
+    t = time.gmtime(now)
+    return (f"{DAYS[t.tm_wday]}, {t.tm_mday:02d} {MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def error_response(status: int, message: str) -> bytes:
