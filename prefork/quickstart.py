@@ -8,7 +8,8 @@ parser, is read here into the values click would give (the same option strings, 
 parsers, the last of a repeated option, every one of a multiple one). Anything else
 (``--help``, ``--exec``, ``--``, an unknown or abbreviated option, ``-wN``, a value that
 starts with ``-`` or that its parser refuses, no APP or several) goes to click, which
-answers it as always: the same usage line, message and exit status.
+answers it as always: the same usage line, message and exit status (and so does click's
+shell completion).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def read_run(args: list[str]) -> dict[str, Any] | None:
 
 def run(args: list[str]) -> None:
     """Serve as ``prefork run ARGS`` (and exit), or return at once when click must read ARGS."""
+    if any(name.startswith("_") and name.endswith("_COMPLETE") for name in os.environ):
+        return  # click's shell completion asks (its variable is named after the program)
     try:
         cli_values = read_run(args)
     except KeyboardInterrupt:

@@ -148,3 +148,12 @@ def test_quickstart_never_reads_a_command_line_otherwise_than_click(args: list[s
 
     quick = read_run(args)
     assert quick is None or quick == read_by_click(args), (args, quick)
+
+
+def test_click_still_completes_a_run_command_line() -> None:
+    """Shell completion is click's: the quick path steps aside when its variable is set."""
+    code = "import sys; sys.argv = ['prefork', 'run', '--wor']; from prefork.__main__ import main; main()"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), _PREFORK_COMPLETE="bash_complete", COMP_WORDS="prefork run --wor",
+               COMP_CWORD="2")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
+    assert done.returncode == 0 and "plain,--workers" in done.stdout.splitlines(), done
