@@ -96,6 +96,17 @@ def test_a_plain_prefork_run_master_does_without_click(server: Server, tmp_path:
     modules = set(noted.read_text().split())
     assert "prefork.master" in modules and "prefork.quickstart" in modules  # the probe works
     assert "click" not in modules and "prefork.cli" not in modules
+    assert "prefork.http" not in modules and "ssl" not in modules  # nothing asked for them
+
+
+def test_a_wsgi_master_imports_the_http_code_its_workers_share(server: Server, tmp_path: Path) -> None:
+    noted = tmp_path / "modules"
+    server.start("--wsgi", "--when-ready", "leanapp:note_modules", app="leanapp:modules", workers=1,
+                 env={"LEANAPP_MODULES": str(noted)}).wait_ready(1)
+    wait_for(lambda: noted.exists() and noted.read_text(), what="the when_ready hook's list")
+    modules = set(noted.read_text().split())
+    assert "prefork.http.handler" in modules and "httptools" in modules
+    assert "ssl" not in modules
 
 
 def read_by_click(args: list[str]) -> dict[str, object] | None:
