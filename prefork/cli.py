@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -12,14 +10,11 @@ from typing import Any
 
 import click
 
-from . import __version__, daemon, hooks, privileges, sources
+from . import __version__, sources
 from . import settings as settings_mod
-from .errors import EXIT_USAGE, ConfigError, PreforkError
-from .importer import add_to_path, load_handler
-from .log import Log
-from .peer import Handler
-from .settings import Settings
-from .upgrade import UPGRADE_VAR
+from .errors import ConfigError, PreforkError
+from .quickstart import option_decls
+from .start import fail, prepare_process, serve
 from .values import Meta, app_spec, command_line, seconds
 
 EXAMPLES_HINT = (
@@ -68,10 +63,7 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for f, meta in reversed(list(settings_mod.declared())):
         if not meta.cli:
             continue
-        long = "--" + f.name.replace("_", "-")
-        decls = [long] if not meta.short else [meta.short, long]
-        if meta.flag:
-            decls = [f"{long}/--no-{long[2:]}"]
+        decls = option_decls(f.name, meta)
         bounds = f"; {meta.bounds}" if meta.bounds else ""
         help_text = f"{meta.help} [default: {settings_mod.default_text(f, meta)}{bounds}; env PREFORK_{f.name.upper()}]"
         command = click.option(
@@ -173,103 +165,11 @@ def _parse_program(argv: tuple[str, ...]) -> tuple[str, ...]:
         raise click.BadParameter(str(exc), param_hint="PROGRAM") from None
 
 
-def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
-    """Prepare this process as the settings say, then run the master until it stops."""
-    from .master import Master  # after the CLI is parsed: keeps --help fast
-    from .reload import load_tls_context
-
-    identity = privileges.resolve(settings.user, settings.group)
-    privileges.check_can_switch(identity)
-    if settings.daemon:
-        daemon.refuse_under_systemd(os.environ)
-    tls_context = load_tls_context(settings)  # once per settings value: the workers inherit it
-    prepare_process(settings)
-    log = open_log(settings)
-    hooks.import_hooks(settings)
-    if settings.exec:
-        check_program(settings)
-    preloaded = preload_app(settings)
-    detached = settings.daemon and UPGRADE_VAR not in os.environ  # an upgrade's new master stays put
-    if detached:
-        check_before_detaching(settings)
-        daemon.daemonize()
-    try:
-        return Master(settings, log, reload_settings=reload_settings, preloaded=preloaded,
-                      tls_context=tls_context).run()
-    except PreforkError as exc:
-        if detached:
-            logging.getLogger("prefork").error("%s", exc)  # our stderr is /dev/null now
-        raise
-
-
-def preload_app(settings: Settings) -> Handler | None:
-    """--preload: import the app here, in the master, once; workers fork with it loaded."""
-    if not settings.preload:
-        return None
-    handler = load_handler(settings)
-    gc.collect()  # before the master first freezes its objects for the forks: no garbage frozen in
-    logging.getLogger("prefork").info("preloaded app %s in the master", settings.app)
-    return handler
-
-
-def check_program(settings: Settings) -> None:
-    """--exec: a PROGRAM the workers cannot run is refused now (status 4), not per connection.
-
-    The check runs in a child that becomes the workers' user (check.py). Importing
-    check.py loads inetd.py here, in the master, before any worker drops privileges.
-    """
-    from . import check as checks
-
-    problem = checks.check_imports(settings)
-    if problem is not None:
-        raise problem.error()
-
-
-def check_before_detaching(settings: Settings) -> None:
-    """What would fail once detached (the app's import, a bind), reported while the terminal shows it."""
-    from . import check as checks
-
-    problem = None if settings.preload else checks.check_imports(settings)  # preloaded: already imported
-    if problem is None and "LISTEN_FDS" not in os.environ:  # socket activation: nothing to bind
-        problem = next(filter(None, (checks.check_bind(a, settings.reuse_port) for a in settings.bind)), None)
-    if problem is not None:
-        raise problem.error()
-
-
 def _parse_app(app: str) -> str:
     try:
         return app_spec(app) or ""
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="APP") from None
-
-
-def prepare_process(settings: Settings) -> None:
-    """umask, chdir and sys.path, before anything creates files or imports application code."""
-    privileges.set_umask(settings.umask)
-    if settings.chdir:
-        try:
-            os.chdir(settings.chdir)
-        except OSError as exc:
-            raise ConfigError(f"chdir: cannot change to {settings.chdir!r}: {exc.strerror}") from None
-    # Console scripts do not put the current directory on sys.path; APP lives there.
-    add_to_path(os.getcwd())
-
-
-def open_log(settings: Settings) -> Log:
-    try:
-        return Log(settings.log_level, settings.log_file)
-    except OSError as exc:
-        raise ConfigError(f"log_file: cannot open {settings.log_file!r}: {exc.strerror}") from None
-
-
-def fail(exc: BaseException, status: int) -> None:
-    """One line on stderr, the traceback only when it explains the cause."""
-    if getattr(exc, "show_traceback", False) and exc.__cause__ is not None:
-        import traceback
-
-        traceback.print_exception(exc.__cause__, file=sys.stderr)
-    click.echo(f"Error: {exc}", err=True)
-    sys.exit(status if status else EXIT_USAGE)
 
 
 # --- control commands: drive a running server found through its pid file ---

@@ -1,4 +1,4 @@
-"""The package's shape: no module but the CLI and the master itself imports ``master``, and no import cycle.
+"""The package's shape: only start.py (the run command) and the master import ``master``; no import cycle.
 
 Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``
 (a cycle there is still two modules that cannot be understood one without the other).
@@ -13,7 +13,7 @@ from pathlib import Path
 import prefork
 
 PACKAGE = Path(prefork.__file__).parent
-MAY_IMPORT_MASTER = {"prefork.cli", "prefork.master"}
+MAY_IMPORT_MASTER = {"prefork.start", "prefork.master"}  # start.py: the run command's serve()
 # Edges left out of the cycle check, each with its reason. http/ is being rewritten on another
 # branch (HTTP message handling); its response module names the connection type of handler.py
 # under TYPE_CHECKING only. Remove the entry when that rewrite lands (the test below says when).
@@ -75,7 +75,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_is_read_from_every_kind_of_import() -> None:
     graph = import_graph()
-    assert "prefork.master" in graph["prefork.cli"]  # inside a function
+    assert "prefork.master" in graph["prefork.start"]  # inside a function
     assert "prefork.settings" in graph["prefork.hooks"]  # under TYPE_CHECKING
     assert "prefork.status" in graph["prefork.metrics"]  # `from . import status`
 

@@ -68,8 +68,8 @@ def test_keepalive_max_closes_the_longest_idle(server: Server) -> None:
 
 
 def test_keepalive_max_has_bounds(tmp_path: Path) -> None:
-    for value, why in (("0", "0 is too small (expected an integer >= 1)"),
-                       ("70000", "70000 is too large (expected an integer <= 65536)")):
+    for value, why in (("0", "0 is too small (expected an integer from 1 to 65536)"),
+                       ("70000", "70000 is too large (expected an integer from 1 to 65536)")):
         result = prefork("run", "--wsgi", "--keepalive-max", value, "wsgiapps:app")
         assert result.returncode == 2 and why in result.stderr
         assert "Traceback" not in result.stderr

@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import ssl
+import sys
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from ..settings import Settings
 from .accesslog import AccessLog
@@ -34,6 +34,9 @@ from .body import Body, BodyError
 from .environ import HTTPConfig, connection_environ, is_trusted, request_environ
 from .parser import HTTPError, Request, RequestReader
 from .response import AppHeads, Exchange, FileWrapper, error_response
+
+if TYPE_CHECKING:
+    from ssl import SSLSocket
 
 log = logging.getLogger("prefork")
 
@@ -62,9 +65,16 @@ class Alone:
         return wait_readable(conn, timeout)
 
 
+def is_tls(sock: socket.socket) -> TypeGuard[SSLSocket]:
+    """Whether ``sock`` speaks TLS. Without TLS configured ssl is never imported (nor any
+    SSLSocket made): this module does not import it either, a --wsgi worker stays without it."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
 def tls_pending(sock: socket.socket) -> bool:
     """Whether TLS already decrypted bytes that poll() cannot see."""
-    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+    return is_tls(sock) and sock.pending() > 0
 
 
 def wait_readable(sock: socket.socket, timeout: float) -> bool:
@@ -109,7 +119,7 @@ class HTTPConnection:
         self.host = handler.host
         self.sock = sock
         self.addr = addr
-        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.tls = is_tls(sock)
         self.reader = RequestReader(handler.config.limits)
         self.base = connection_environ(handler.config, addr, self.tls, FileWrapper)
         self.trusted = handler.config.trusted if is_trusted(handler.config, addr) else None

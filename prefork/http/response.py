@@ -23,7 +23,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from email.utils import formatdate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
@@ -61,7 +60,7 @@ def date_line(cache: list[Any]) -> bytes:
     """The Date header line, formatted once a second (``cache`` is [second, line])."""
     now = int(time.time())
     if cache[0] != now:
-        cache[1], cache[0] = b"Date: %s\r\n" % formatdate(now, usegmt=True).encode("ascii"), now
+        cache[1], cache[0] = b"Date: %s\r\n" % imf_fixdate(now).encode("ascii"), now
     line: bytes = cache[1]
     return line
 
@@ -119,6 +118,18 @@ def app_head(status: str | None, headers: list[tuple[str, str]]) -> AppHead:
     if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
         raise ValueError("a response header contains a line break")
     return AppHead((text + "\r\n").encode("latin-1"), length, wants_close, has_date, has_server)
+
+
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_fixdate(now: float) -> str:
+    """RFC 9110's date format, as email.utils.formatdate(now, usegmt=True) writes it (without
+    importing the email package into every worker): names in English whatever the locale."""
+    t = time.gmtime(now)
+    return (f"{DAYS[t.tm_wday]}, {t.tm_mday:02d} {MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def error_response(status: int, message: str) -> bytes:
