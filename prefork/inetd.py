@@ -149,6 +149,7 @@ class ProgramRunner:
                 return
             # The program holds the connection now: our copy would keep it open after the program closes it.
             child_end.close()
+            self.worker.slot.program_group = self.running.pid  # the master kills it with us if it must
             log.debug("program %s (pid %d) started for %s", self.name, self.running.pid, peer)
             try:
                 Supervision(self, self.running, peer, relay).run()
@@ -290,6 +291,7 @@ class Supervision:
     def reap(self) -> None:
         """The program exited: end what it left in its group (its pid is not reused until reaped), reap it."""
         self.kill_group(signal.SIGKILL)
+        self.runner.worker.slot.program_group = 0  # before the wait: once reaped, its pid may be reused
         self.status = self.proc.wait()
         self.exited_at = time.monotonic()
 

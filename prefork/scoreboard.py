@@ -37,6 +37,9 @@ class Slot(ctypes.Structure):
         # --exec: programs that exited non-zero or were killed, and those killed for --timeout (inetd.py)
         ("program_failures", ctypes.c_uint32),
         ("program_timeouts", ctypes.c_uint32),
+        # --exec: the running program's process group (its pid; 0 when none), for the master to kill with the
+        # worker: a worker SIGKILLed before it could end the group would leave the program's children behind.
+        ("program_group", ctypes.c_int32),
         # Set by the master at fork: the worker waits in epoll (threads, kept-alive connections), so the
         # listeners must stay non-blocking while it runs.
         ("in_epoll", ctypes.c_uint8),

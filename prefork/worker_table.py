@@ -234,10 +234,22 @@ class WorkerTable:
                 if worker.stopping is Stop.GRACEFUL:
                     log.warning("%s still busy after %gs; killing it", worker.describe(), graceful_timeout)
                 worker.kill_at = now + 1.0  # retry if SIGKILL is somehow not reaped yet
+                self.kill_program_group(worker)
                 try:
                     os.kill(worker.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+    def kill_program_group(self, worker: WorkerProcess) -> None:
+        """--exec: end the program's whole group before its worker is killed. Its parent-death signal
+        reaches the program alone; its children would outlive the server. While the worker lives it has
+        not reaped the program, so the group's number cannot have passed to another process."""
+        group = self.scoreboard.slots[worker.slot].program_group
+        if group > 0:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def signal_all(self, sig: int) -> None:
         for worker in self.workers.values():

@@ -342,6 +342,24 @@ def test_program_dies_with_its_worker(server: Server, tmp_path: Path) -> None:
                  10, what="the program to die with its worker")
 
 
+def test_a_worker_killed_before_it_could_end_the_group_takes_the_programs_children_along(
+        server: Server, tmp_path: Path) -> None:
+    # A stopped worker cannot run its QUIT handler: the master SIGKILLs it after the fast stop's grace,
+    # and the program's parent-death signal reaches the program alone. The master ends the group itself.
+    server.start(*exec_args("sh", "-c", "sleep 1000 & echo $!; wait"), app=None, workers=1).wait_ready(1)
+    with socket.create_connection(server.address, timeout=30) as sock:
+        child = int(sock.makefile("rb").readline())
+        program = psutil.Process(child).parent()
+        assert program is not None
+        worker = program.parent()
+        assert worker is not None and worker.ppid() == server.pid
+        worker.suspend()
+        server.signal(signal.SIGQUIT)
+        assert server.wait_exit() == 0
+    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+             10, what="the program's child to be killed with its group")
+
+
 def test_fast_stop_kills_the_program_group(server: Server, tmp_path: Path) -> None:
     server.start(*exec_args("sh", "-c", "sleep 1000 & echo $!; wait"), app=None, workers=1).wait_ready(1)
     with socket.create_connection(server.address, timeout=30) as sock:
