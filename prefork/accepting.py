@@ -2,10 +2,11 @@
 
 A worker with one listener blocks in ``accept()`` itself; with several it waits
 in epoll (EPOLLEXCLUSIVE). TERM raises :class:`StopServing` out of an idle wait;
-a connection the kernel completed as it came is still served (``serve_orphan``),
-and on shutdown what the listeners queued is served before the worker leaves
-(``drain``). Serving itself is the worker's (worker.py): these loops hand it
-each accepted socket.
+a connection accept() returned just as TERM came is served, not dropped
+(``serve_orphan``), and on shutdown what the listeners queued is served before
+the worker leaves (``drain``). Serving itself is the worker's (worker.py): these
+loops hand it each accepted socket. A mixin of the worker, not functions taking
+it: threaded.py's worker replaces the loops and calls ``accept_one`` and ``drain``.
 """
 
 from __future__ import annotations
