@@ -54,6 +54,16 @@ class BootPolicy:
         """A worker exited before it booted (whatever the master does about it)."""
         self.failures += 1
 
+    def failed(self, worker: WorkerProcess, status: int, trial: int | None, stopping: bool,
+               served: str) -> str | PreforkError | None:
+        """A worker exited before it booted. A str: why the reload of its generation (``trial``, the one on
+        trial) fails; an error: the server halts with it; None: the next fork waits a while (or, ``stopping``,
+        never comes)."""
+        self.count_failure()
+        if worker.generation == trial:
+            return f"{worker.describe()} exited during boot ({describe_status(status)})"
+        return None if stopping else self.decide(worker, status, served)
+
     def decide(self, worker: WorkerProcess, status: int, served: str) -> PreforkError | None:
         """After :meth:`count_failure`: the error to halt with, or None (the next fork waits a while).
 

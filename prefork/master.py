@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 from . import control, hooks, proctitle
 from .boot import BootPolicy
 from .endpoint import Endpoint
-from .errors import EXIT_OK, ConfigError, describe_status
+from .errors import EXIT_OK, PreforkError
 from .events import EventPipe
 from .listeners import Listeners
 from .log import Log
 from .peer import Handler
-from .pidfile import Pidfile
+from .pidfile import Pidfile, claim
 from .pool import Pool
 from .reload import Generations
 from .scoreboard import Scoreboard
@@ -131,12 +131,7 @@ class Master:
         # The title first: control commands take a pid file's process for a master by its title.
         proctitle.set_title(f"master [{settings.proc_name}]")
         if settings.pid:
-            self.pidfile = Pidfile(settings.pid)
-            try:
-                self.pidfile.write(self.pid)
-            except OSError as exc:
-                self.pidfile = None
-                raise ConfigError(f"pid: cannot write {settings.pid!r}: {exc.strerror}") from None
+            self.pidfile = claim(settings.pid, self.pid)
         self.scoreboard.header.master_pid = self.pid
         self.endpoints = control.open_endpoints(self, self.selector, self.pidfile.path if self.pidfile else None)
         self.selector.register(self.wakeup.read_fd, selectors.EVENT_READ, self.dispatch_signals)
@@ -245,11 +240,9 @@ class Master:
         if self.stopping:
             return
         self.notifier.reloading(self)
-        read = self.gens.read(self, self.reload_settings, self.log, self.preloaded is not None)
-        new = read and self.gens.begin(self, *read)
+        new = self.gens.reload(self, self.reload_settings, self.log, self.preloaded is not None)
         if new is not None:
             self.num_workers = new.workers
-            self.log.set_level(new.log_level)
             self.boot.reset()
             hooks.run("on_reload", new, self.hook_server)
 
@@ -278,16 +271,8 @@ class Master:
 
     def spawn_missing_workers(self) -> None:
         generation = self.gens.target()
-        missing = self.table.missing(generation, self.num_workers)
-        if not missing or not self.boot.may_spawn(time.monotonic()):
-            return
-        settings, tls_context = settings_for(self, generation), self.gens.context_for(generation)
-        for index in missing:
-            try:
-                self.table.spawn(index, generation, settings, tls_context, self.fork_with)
-            except OSError as exc:
-                log.error("fork failed: %s", exc.strerror)
-                self.boot.fork_failed()
+        self.table.spawn_missing(generation, self.num_workers, self.boot, settings_for(self, generation),
+                                 self.gens.context_for(generation), self.fork_with)
 
     def own_fds(self) -> tuple[int, ...]:
         """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets, and
@@ -312,14 +297,13 @@ class Master:
             hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, status: int) -> None:
-        self.boot.count_failure()
         self.stats.boot_failures += 1
-        if worker.generation == self.pending:
-            failure = f"{worker.describe()} exited during boot ({describe_status(status)})"
+        failure = self.boot.failed(worker, status, self.pending, self.stopping is not None, self.settings.served)
+        if isinstance(failure, PreforkError):
+            self.halt(failure)
+        elif failure is not None:  # a worker of the generation on trial: the reload fails
             self.abandon_pending(failure)
             self.notifier.reload_failed(self, failure)
-        elif not self.stopping and (error := self.boot.decide(worker, status, self.settings.served)) is not None:
-            self.halt(error)
 
     def reclaim_control_socket(self) -> None:
         """After a failed upgrade: the new master may have taken our control socket's path."""

@@ -24,7 +24,7 @@ import re
 import stat
 import time
 
-from .errors import EXIT_BIND, NotRunningError, PreforkError
+from .errors import EXIT_BIND, ConfigError, NotRunningError, PreforkError
 from .log import file_kind, open_regular
 
 log = logging.getLogger("prefork")
@@ -98,6 +98,17 @@ class Pidfile:
                 pass
         os.close(self.fd)
         self.fd = -1
+
+
+def claim(path: str, pid: int) -> Pidfile:
+    """The master's pid file, locked and holding ``pid``; PidfileLocked if a live server holds it, ConfigError if
+    it cannot be written (the master then has no pid file: nothing of another's to remove at exit)."""
+    pidfile = Pidfile(path)
+    try:
+        pidfile.write(pid)
+    except OSError as exc:
+        raise ConfigError(f"pid: cannot write {path!r}: {exc.strerror}") from None
+    return pidfile
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -60,6 +60,16 @@ class Generations:
             self.refused(view, str(exc))
             return None
 
+    def reload(self, view: ServerView, reload_settings: Callable[[], Settings], log_: Log,
+               preloaded: bool) -> Settings | None:
+        """HUP: read the settings again and put a generation with them on trial; its settings, or None if
+        refused (nothing changes)."""
+        read = self.read(view, reload_settings, log_, preloaded)
+        new = read and self.begin(view, *read)
+        if new is not None:
+            log_.set_level(new.log_level)
+        return new
+
     def context_for(self, generation: int) -> SSLContext | None:
         return self.pending_tls_context if generation == self.pending else self.tls_context
 

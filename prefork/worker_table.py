@@ -32,6 +32,7 @@ from .worker import WorkerSpec
 if TYPE_CHECKING:
     from ssl import SSLContext
 
+    from .boot import BootPolicy
     from .listeners import Listeners
     from .log import Log
     from .peer import Handler
@@ -95,6 +96,19 @@ class WorkerTable:
             log=base.log, handler=base.handler, server=base.server, tls_context=tls_context,
             close_fds=base.own_fds(), foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
         self.fork(record, partial(run_worker, spec), base.blocked, freeze=base.handler is not None)
+
+    def spawn_missing(self, generation: int, count: int, boot: BootPolicy, settings: Settings,
+                      tls_context: SSLContext | None, base: ForkWith) -> None:
+        """Fork the workers ``generation`` lacks below ``count``, unless the boot back-off says wait."""
+        missing = self.missing(generation, count)
+        if not missing or not boot.may_spawn(time.monotonic()):
+            return
+        for index in missing:
+            try:
+                self.spawn(index, generation, settings, tls_context, base)
+            except OSError as exc:
+                log.error("fork failed: %s", exc.strerror)
+                boot.fork_failed()
 
     def fork(self, record: WorkerProcess, child: Callable[[], object], blocked: tuple[int, ...],
              freeze: bool) -> None:
