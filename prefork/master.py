@@ -34,7 +34,7 @@ from .settings import Settings
 from .stats import Stats
 from .systemd import Notifier
 from .upgrade import Upgrade, upgraded_from
-from .view import Stop, WorkerProcess, generation_booted, settings_for
+from .view import Stop, WorkerProcess, generation_booted, newest_settings, settings_for
 from .wakeup import Wakeup
 from .worker_table import ForkWith, WorkerTable
 
@@ -151,7 +151,8 @@ class Master:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
         settings = self.settings
-        deadlines = self.table.deadlines(now, settings.timeout, settings.max_worker_memory)
+        deadlines = self.table.deadlines(now, settings.timeout, newest_settings(self).boot_timeout,
+                                         settings.max_worker_memory)
         # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1.
         for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline()):
             if deadline is not None:
@@ -237,7 +238,7 @@ class Master:
         """Bring the worker table to what it should be; called after every wake-up."""
         graceful = self.settings.graceful_timeout
         if not self.stopping:
-            self.table.check(self.settings.timeout, self.settings.max_worker_memory)
+            self.table.check(self.settings.timeout, newest_settings(self).boot_timeout, self.settings.max_worker_memory)
         self.table.kill_overdue(graceful)
         if self.stopping:
             return
@@ -280,7 +281,8 @@ class Master:
             if pid == self.new_master and self.upgrade.new_master_exited(status, self.pidfile, bool(self.stopping)):
                 self.reclaim_control_socket()
             elif worker is not None:
-                if not worker.booted and worker.stopping is None:
+                # Stop.KILL before booting: killed by --boot-timeout, which is a failed boot too.
+                if not worker.booted and worker.stopping in (None, Stop.KILL):
                     self.boot_failed(worker, status)
                 self.listeners.close_slots(self.num_workers, self.table.indexes())
                 hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))

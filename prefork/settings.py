@@ -81,6 +81,10 @@ class Settings:
         30.0, help="Kill and replace a worker busy on one connection longer than this (0 = off).",
         parse=seconds, metavar="SECONDS",
     )
+    boot_timeout: float = setting(
+        60.0, help="Kill (and retry) a worker still booting, importing the app, after this long (0 = no limit).",
+        parse=seconds, metavar="SECONDS",
+    )
     max_requests: int = setting(
         0, help="Recycle a worker after it has served this many connections (0 = never).",
         parse=integer(0), metavar="N",

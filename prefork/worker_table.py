@@ -240,8 +240,8 @@ class WorkerTable:
 
     # --- --timeout and --max-worker-memory ---
 
-    def check(self, timeout: float, memory_limit_mb: int) -> None:
-        """Kill stuck workers and workers that never finish booting; recycle memory hogs."""
+    def check(self, timeout: float, boot_timeout: float, memory_limit_mb: int) -> None:
+        """Kill stuck workers and workers that never finish booting (--boot-timeout); recycle memory hogs."""
         now = time.monotonic()
         for worker in list(self.workers.values()):
             if worker.stopping is Stop.KILL:
@@ -252,8 +252,9 @@ class WorkerTable:
                           worker.describe(), now - slot.busy_since, slot.peer_text)
                 self.stats.restart(RESTART_TIMEOUT)
                 self.abort(worker)
-            elif timeout and not worker.booted and now - worker.started > timeout:
-                log.error("%s did not boot within %gs; killing it", worker.describe(), timeout)
+            elif boot_timeout and not worker.booted and now - worker.started > boot_timeout:
+                log.error("%s did not boot within %gs (--boot-timeout); dumping its stack and killing it",
+                          worker.describe(), boot_timeout)
                 self.abort(worker)
         if memory_limit_mb and now >= self.next_memory_check:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL
@@ -281,11 +282,15 @@ class WorkerTable:
 
     # --- deadlines for the master's selector ---
 
-    def deadlines(self, now: float, timeout: float, memory_limit_mb: int) -> list[float]:
-        """When the table next needs the master awake: kill deadlines, --timeout, the memory check."""
+    def deadlines(self, now: float, timeout: float, boot_timeout: float, memory_limit_mb: int) -> list[float]:
+        """When the table next needs the master awake: kill deadlines, --timeout, --boot-timeout, memory."""
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.workers and timeout:
             deadlines.append(self.next_stuck_check(now, timeout))
+        booting = [w.started + boot_timeout for w in self.workers.values()
+                   if not w.booted and w.stopping is not Stop.KILL]
+        if booting and boot_timeout:
+            deadlines.append(min(booting) + 0.01)
         if self.workers and memory_limit_mb:
             deadlines.append(self.next_memory_check)
         return deadlines
@@ -302,9 +307,7 @@ class WorkerTable:
             slot = self.scoreboard.slots[worker.slot]
             if worker.stopping is Stop.KILL:
                 continue
-            if not worker.booted:
-                deadline = min(deadline, worker.started + timeout)
-            elif slot.state == BUSY:
+            if worker.booted and slot.state == BUSY:
                 deadline = min(deadline, slot.busy_since + timeout)
         return deadline + 0.01  # just past it, so the check sees the overrun
 

@@ -83,3 +83,9 @@ def line(conn: socket.socket, addr: Any) -> None:
             return
         data += chunk
     conn.sendall(f"{os.getpid()}\n".encode())
+
+
+def slow_boot() -> Any:
+    """A factory that takes $SLOW_BOOT seconds to boot (a slow import), then serves ``pid``."""
+    time.sleep(float(os.environ.get("SLOW_BOOT", "0")))
+    return pid
