@@ -163,7 +163,8 @@ class Settings:
         parse=integer(1), metavar="N",
     )
     metrics_bind: Address | None = setting(  # noqa: RUF009 - Address is frozen
-        None, help="Serve Prometheus metrics at http://ADDR/metrics from the master (set at start).",
+        None, help="Serve Prometheus metrics at http://ADDR/metrics and health checks at /livez, /readyz, from the "
+        "master (set at start).",
         parse=optional_address, metavar="ADDR",
     )
     max_workers: int = setting(

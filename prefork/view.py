@@ -126,3 +126,12 @@ def settings_for(view: ServerView, generation: int) -> Settings:
 def newest_settings(view: ServerView) -> Settings:
     """The settings of the generation being worked towards (the one on trial, if any)."""
     return view.pending_settings or view.settings
+
+
+def stop_phase(view: ServerView) -> str | None:
+    """What the server's stop is doing, in words ("stopping (graceful)"); None while it serves.
+
+    The one place a stop is read for reporting (/readyz): a later phase of the stop
+    (a shutdown delay, draining) is told here.
+    """
+    return None if view.stopping is None else f"stopping ({view.stopping.label})"

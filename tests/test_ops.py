@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
-from conftest import Server, wait_for
+import pytest
+from conftest import Server, free_port, request, wait_for
 
 
 def test_boot_timeout_kills_a_worker_that_never_finishes_booting(server: Server) -> None:
@@ -33,3 +42,120 @@ def test_boot_timeout_zero_means_no_limit(server: Server) -> None:
                  env={"SLOW_BOOT": "2"}).wait_ready(1)
     assert "did not boot" not in server.log()
     wait_for(lambda: server.ask_pid() in server.worker_pids(), 10, what="an answer")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_readyz_through_boot_reload_and_stop(server: Server, tmp_path: Path) -> None:
+    """503 while booting, 200 throughout a reload (old workers serve while the new boot), 503 once stopping;
+    /livez 200 all along."""
+    delay = tmp_path / "delay"
+    delay.write_text("2")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server.start("--metrics-bind", f"127.0.0.1:{port}", app="testapps:slow_boot()", workers=2,
+                 env={"SLOW_BOOT_FILE": str(delay)})
+    first = wait_for(lambda: answer_or_none(f"{base}/readyz"), 30, what="the metrics listener")
+    assert first == (503, "booting: 0 of 2 workers booted\n"), first
+    assert get(f"{base}/livez") == (200, "ok\n")
+    wait_for(lambda: get(f"{base}/readyz")[0] == 200, 30, what="ready")
+    server.wait_ready(2)
+    assert get(f"{base}/readyz") == (200, "ready: 2 workers booted\n")
+
+    server.signal(signal.SIGHUP)
+    answers = []
+    while len(re.findall(r"gen 2 \(pid \d+\) booted", server.log())) < 2:
+        answers.append(get(f"{base}/readyz")[0])
+        assert len(answers) < 2000, server.log()
+        time.sleep(0.02)
+    assert len(answers) > 10 and set(answers) == {200}, answers  # the reload took seconds: no flap
+
+    with socket.create_connection(server.address, timeout=30) as busy:
+        busy.sendall(b"4\n")  # one worker busy for 4 s
+        wait_for(lambda: busy_workers(base) == 1, 10, what="a busy worker")
+        server.signal(signal.SIGTERM)
+        wait_for(lambda: get(f"{base}/readyz") == (503, "stopping (graceful)\n"), 10, what="503 while stopping")
+        assert get(f"{base}/livez") == (200, "ok\n")
+        assert busy.recv(64)
+    assert server.wait_exit(30) == 0
+
+
+def test_readyz_head_and_unknown_path(server: Server) -> None:
+    port = free_port()
+    server.start("--metrics-bind", f"127.0.0.1:{port}", workers=1).wait_ready(1)
+    answer = request(("127.0.0.1", port), b"HEAD /readyz HTTP/1.0\r\n\r\n").decode()
+    assert answer.startswith("HTTP/1.1 200 OK\r\n") and answer.endswith("\r\n\r\n"), answer
+    assert get(f"http://127.0.0.1:{port}/nowhere")[0] == 404
+
+
+def answer_or_none(url: str) -> tuple[int, str] | None:
+    try:
+        return get(url)
+    except OSError:
+        return None
+
+
+def busy_workers(base: str) -> int:
+    """prefork_workers{state="busy"}, from /metrics."""
+    found = re.search(r'^prefork_workers\{state="busy"\} (\d+)', get(f"{base}/metrics")[1], re.M)
+    return int(found.group(1)) if found else 0
+
+
+HAPROXY_CHECK = """\
+global
+    stats socket {stats} mode 600
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+backend app
+    option httpchk GET /readyz
+    http-check expect status 200
+    server web {server} check port {metrics} inter 200ms fall 1 rise 1
+frontend front
+    bind 127.0.0.1:{front}
+    default_backend app
+"""
+
+
+def haproxy_state(stats: Path) -> str:
+    """The backend server's status as HAProxy's stats socket shows it (UP, DOWN, ...)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(stats))
+        sock.sendall(b"show stat\n")
+        text = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+    row = next(line for line in text.splitlines() if line.startswith("app,web,"))
+    return row.split(",")[17]
+
+
+def test_haproxy_httpchk_follows_readyz(server: Server, tmp_path: Path) -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy not installed")
+    metrics = free_port()
+    server.start("--metrics-bind", f"127.0.0.1:{metrics}", app="testapps:slow", workers=1).wait_ready(1)
+    stats = tmp_path / "haproxy.sock"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CHECK.format(stats=stats, server=f"127.0.0.1:{server.port}", metrics=metrics,
+                                           front=free_port()))
+    proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: stats.exists() and haproxy_state(stats) == "UP", 20, what="HAProxy: UP")
+        with socket.create_connection(server.address, timeout=30) as busy:
+            busy.sendall(b"3\n")
+            wait_for(lambda: busy_workers(f"http://127.0.0.1:{metrics}") == 1, 10, what="a busy worker")
+            server.signal(signal.SIGTERM)
+            wait_for(lambda: haproxy_state(stats) == "DOWN", 20, what="HAProxy: DOWN once stopping")
+            assert busy.recv(64)
+    finally:
+        proxy.kill()
+        proxy.wait(5)
+    assert server.wait_exit(30) == 0

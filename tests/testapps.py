@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -86,6 +87,10 @@ def line(conn: socket.socket, addr: Any) -> None:
 
 
 def slow_boot() -> Any:
-    """A factory that takes $SLOW_BOOT seconds to boot (a slow import), then serves ``pid``."""
-    time.sleep(float(os.environ.get("SLOW_BOOT", "0")))
-    return pid
+    """A factory that takes $SLOW_BOOT seconds to boot (a slow import; or as many as the file
+    $SLOW_BOOT_FILE says, read at each boot), then serves ``slow`` (an empty request: at once)."""
+    path = os.environ.get("SLOW_BOOT_FILE")
+    with open(path) if path else contextlib.nullcontext(None) as fh:
+        delay = fh.read() if fh else os.environ.get("SLOW_BOOT", "0")
+    time.sleep(float(delay))
+    return slow
