@@ -197,7 +197,7 @@ def prepare_process(settings: Settings) -> None:
 
 def open_log(settings: Settings) -> Log:
     try:
-        return Log(settings.log_level, settings.log_file)
+        return Log(settings.log_level, settings.log_file, settings.log_format)
     except OSError as exc:
         raise ConfigError(f"log_file: cannot open {settings.log_file!r}: {exc.strerror}") from None
 
@@ -270,6 +270,19 @@ def stop_command(pidfile: str, graceful: bool, timeout: float | None) -> None:
 
     with control_errors():
         click.echo(client.stop(pidfile, graceful, timeout))
+
+
+@main.command("dump")
+@pid_option
+@click.option("--worker", "index", type=click.IntRange(0), default=None, metavar="INDEX",
+              help="Only this worker (IDX in `prefork status`), of the serving generation.")
+@timeout_option(10.0, "the stacks")
+def dump_command(pidfile: str, index: int | None, timeout: float) -> None:
+    """Print every thread's Python stack of each serving worker (also logged); nothing stops."""
+    from . import client
+
+    with control_errors():
+        click.echo(client.dump(pidfile, index, timeout), nl=False)
 
 
 @main.command("scale", context_settings={"ignore_unknown_options": True})

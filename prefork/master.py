@@ -31,6 +31,7 @@ from .pool import Pool
 from .reload import Generations, give_log_to_workers
 from .scoreboard import Scoreboard
 from .settings import Settings
+from .stacks import Stacks
 from .stats import Stats
 from .systemd import Notifier
 from .upgrade import Upgrade, upgraded_from
@@ -76,9 +77,10 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
+        self.stacks = Stacks(self.selector)  # the workers' faulthandler pipes
         self.hook_server = hooks.Server(self)  # what hooks may read of us
         self.fork_with = ForkWith(self.listeners, log_, preloaded, self.hook_server, self.pid, self.events.write_fd,
-                                  self.own_fds, HANDLED_SIGNALS)
+                                  self.own_fds, HANDLED_SIGNALS, self.stacks)
         self.signal_table: dict[int, Callable[[], None]] = {
             signal.SIGHUP: self.handle_hup,  # reload: new generation, then retire the old
             signal.SIGTERM: self.handle_term,  # graceful stop
@@ -103,6 +105,7 @@ class Master:
 
     workers = property(lambda self: self.table.workers)  # pid -> WorkerProcess
     listener_names = property(lambda self: [listener.name for listener in self.listeners.shared])
+    stack_report = property(lambda self: self.stacks.answer())
 
     # --- the loop ---
 
@@ -154,7 +157,9 @@ class Master:
         deadlines = self.table.deadlines(now, settings.timeout, newest_settings(self).boot_timeout,
                                          settings.max_worker_memory)
         # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1.
-        for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline()):
+        # The end of a stack a worker is writing (stacks.py).
+        for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline(),
+                         self.stacks.deadline()):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -237,6 +242,7 @@ class Master:
     def manage_workers(self) -> None:
         """Bring the worker table to what it should be; called after every wake-up."""
         graceful = self.settings.graceful_timeout
+        self.stacks.flush_due(time.monotonic())
         if not self.stopping:
             self.table.check(self.settings.timeout, newest_settings(self).boot_timeout, self.settings.max_worker_memory)
         self.table.kill_overdue(graceful)
@@ -267,7 +273,8 @@ class Master:
     def own_fds(self) -> tuple[int, ...]:
         """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets)."""
         endpoint_fds = (fd for endpoint in self.endpoints for fd in endpoint.fds())
-        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds)
+        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds,
+                *self.stacks.fds())
 
     def worker_booted(self, worker: WorkerProcess) -> None:
         self.boot.booted()
@@ -327,6 +334,7 @@ class Master:
             self.pidfile.remove()
         for endpoint in self.endpoints:
             endpoint.close()
+        self.stacks.close()
         self.selector.close()
         self.events.close()
         hooks.run("on_exit", self.settings, self.hook_server)

@@ -14,7 +14,10 @@ document until the master closes the connection. The answer to ``status``
                   "busy_for", "peer", "threads", "busy_threads"}, ...]}
 
 ``started`` values are Unix times; ``state`` is one of ``booting``, ``idle``,
-``busy``, ``stopping``. An unknown request is answered ``{"error": "..."}``.
+``busy``, ``stopping``. The answer to ``stacks`` (``stacks.py``, read by ``prefork dump``) is
+``{"seq": N, "stacks": {"PID": {"seq": n, "stack": "..."}}}``: the latest stack each live
+worker wrote, numbered in the order the master read them. An unknown request is answered
+``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-STATUS = "status"  # the one request
+STATUS = "status"
+STACKS = "stacks"
 MASTER_TITLE = "prefork: master"  # how a client recognises the master named by a pid file
 CONTROL_NAME = "control socket"
 

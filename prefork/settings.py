@@ -19,12 +19,14 @@ from typing import Any
 
 from .access import LOOPBACK, Network, network_list
 from .errors import ConfigError
+from .log import LOG_FORMATS
 from .sockets import Address, Owner, parse_address
 from .values import (
     Meta,
     app_spec,
     bind_list,
     boolean,
+    choice,
     file_mode,
     group_name,
     hook_spec,
@@ -101,6 +103,10 @@ class Settings:
     log_file: str | None = setting(
         None, help="Log to FILE instead of stderr; reopened on USR1 and HUP (a HUP also switches to a new FILE).",
         parse=optional_text, metavar="FILE",
+    )
+    log_format: str = setting(
+        "text", help="text or json: the master's and workers' log and the --wsgi access log as lines for "
+        "a person, or one JSON object per line.", parse=choice(*LOG_FORMATS), metavar="FORMAT", start_only=True,
     )
     name: str | None = setting(
         None, help="The name shown in process titles (default: the APP string).",

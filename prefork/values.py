@@ -98,6 +98,18 @@ def optional_text(value: object) -> str | None:
     return text(value) or None
 
 
+def choice(*options: str) -> Parser:
+    """One of ``options`` (any case)."""
+
+    def parse(value: object) -> str:
+        word = text(value).lower()
+        if word not in options:
+            raise ConfigError(f"{value!r} is not one of {', '.join(options)}")
+        return word
+
+    return parse
+
+
 def log_level(value: object) -> str:
     level = text(value).lower()
     if level not in LOG_LEVELS:

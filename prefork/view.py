@@ -89,6 +89,8 @@ class ServerView(Protocol):
     def replaces(self) -> int | None: ...  # the master we were started to replace
     @property
     def listener_names(self) -> Sequence[str]: ...
+    @property
+    def stack_report(self) -> dict[str, object]: ...  # the workers' latest stacks (stacks.py), for `prefork dump`
 
 
 # --- the derived facts, one home each ---

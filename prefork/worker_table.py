@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .log import Log
     from .peer import Handler
     from .settings import Settings
+    from .stacks import Stacks
 
 log = logging.getLogger("prefork")
 
@@ -54,6 +55,7 @@ class ForkWith:
     events_fd: int  # the write end of the event pipe
     own_fds: Callable[[], tuple[int, ...]]  # the master's descriptors, closed first thing in the child
     blocked: tuple[int, ...]  # the master's signals, blocked across fork
+    stacks: Stacks  # the workers' stack pipes (faulthandler), read by the master
 
 
 class WorkerTable:
@@ -86,12 +88,21 @@ class WorkerTable:
         if settings.threads > 1 or threaded_running:
             make_nonblocking(listeners)  # threads wait in epoll, never in a blocking accept()
         hooks.run("pre_fork", settings, base.server, hooks.WorkerInfo.of(record))
+        stack_read, stack_write = base.stacks.new_pipe()
         spec = WorkerSpec(
             settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
             index=index, generation=generation, master_pid=base.master_pid, events_fd=base.events_fd,
             log=base.log, handler=base.handler, server=base.server, tls_context=tls_context,
-            close_fds=base.own_fds(), foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
-        self.fork(record, partial(run_worker, spec), base.blocked, freeze=base.handler is not None)
+            close_fds=(*base.own_fds(), stack_read), stack_fd=stack_write,
+            foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
+        try:
+            self.fork(record, partial(run_worker, spec), base.blocked, freeze=base.handler is not None)
+        except OSError:
+            os.close(stack_read)
+            raise
+        finally:
+            os.close(stack_write)
+        base.stacks.watch(stack_read, record)
 
     def fork(self, record: WorkerProcess, child: Callable[[], object], blocked: tuple[int, ...],
              freeze: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import shutil
 import signal
@@ -10,10 +12,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from conftest import Server, free_port, request, wait_for
+from control_helpers import prefork, snapshot
 
 
 def test_boot_timeout_kills_a_worker_that_never_finishes_booting(server: Server) -> None:
@@ -159,3 +163,74 @@ def test_haproxy_httpchk_follows_readyz(server: Server, tmp_path: Path) -> None:
         proxy.kill()
         proxy.wait(5)
     assert server.wait_exit(30) == 0
+
+
+def test_dump_prints_the_stack_of_a_busy_worker_and_stops_nothing(server: Server, tmp_path: Path) -> None:
+    pidfile = tmp_path / "web.pid"
+    server.start("--pid", str(pidfile), app="testapps:spin", workers=2).wait_ready(2)
+    workers = server.worker_pids()
+    with socket.create_connection(server.address, timeout=30) as busy:
+        busy.sendall(b"5\n")  # one worker computes in spin_busily for 5 s
+        wait_for(lambda: any(w["state"] == "busy" for w in snapshot(pidfile)["workers"]), 10, what="a busy worker")
+        result = prefork("dump", "--pid", str(pidfile))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count(" gen 1 (pid ") == 2, result.stdout
+        assert "in spin_busily" in result.stdout and "in spin\n" in result.stdout, result.stdout
+        assert "in accept" in result.stdout or "in accept_loop_single" in result.stdout  # the idle one
+        assert int(busy.recv(64)) in workers  # it finished its connection
+    one = prefork("dump", "--pid", str(pidfile), "--worker", "1")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith("worker 1 gen 1 (pid ") and one.stdout.count(" gen 1 (pid ") == 1, one.stdout
+    assert server.worker_pids() == workers  # nothing stopped
+    assert "Python stack" in server.log() and "in spin_busily" in server.log()
+    missing = prefork("dump", "--pid", str(pidfile), "--worker", "7")
+    assert missing.returncode == 6 and missing.stderr.strip().endswith("no serving worker 7 of generation 1 to dump")
+
+
+def http_get(server: Server, target: str, agent: str = "test") -> bytes:
+    return request(server.address, f"GET {target} HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\n"
+                   f"Connection: close\r\n\r\n".encode(), timeout=30)
+
+
+def test_json_logs_every_line_of_a_whole_run_parses(server: Server, tmp_path: Path) -> None:
+    """Requests, a handler exception, a --timeout kill, a reload, a dump, a stop: every line of the log and the
+    access log is one JSON object with the documented keys, stacks included."""
+    pidfile, access = tmp_path / "web.pid", tmp_path / "access.log"
+    server.start("--log-format", "json", "--wsgi", "--access-log", str(access), "--pid", str(pidfile),
+                 "--timeout", "2", app="wsgiapps:raw", workers=2)
+    wait_for(lambda: server.log().count('booted"') >= 2, 30, what=f"2 booted workers: {server.log()}")
+    assert http_get(server, "/", agent='quote " and \\ backslash').startswith(b"HTTP/1.1 200")
+    assert http_get(server, "/fail-before").startswith(b"HTTP/1.1 500")
+    with contextlib.suppress(OSError):
+        http_get(server, "/sleep?30")  # killed by --timeout after 2 s: no answer
+    wait_for(lambda: "as it was killed" in server.log(), 30, what="the killed worker's stack")
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count('gen 2 (pid') >= 2 and len(snapshot(pidfile)["workers"]) == 2
+             and all(w["generation"] == 2 and w["state"] == "idle" for w in snapshot(pidfile)["workers"]), 60,
+             what="generation 2 serving")
+    dumped = prefork("dump", "--pid", str(pidfile))
+    assert dumped.returncode == 0 and "in accept" in dumped.stdout, dumped.stderr
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0
+
+    records = [json.loads(line) for line in server.log().splitlines()]  # every line, or this raises
+    for entry in records:
+        assert {"time", "level", "pid", "role", "message"} <= entry.keys() <= LOG_KEYS, entry
+        datetime.fromisoformat(entry["time"])
+        assert entry["role"] in ("master", "worker")
+        assert ("worker" in entry and "generation" in entry) == (entry["role"] == "worker"), entry
+    assert any(e["role"] == "worker" and "exc" in e and "on purpose" in e["exc"] for e in records)
+    stacks = [e for e in records if "stack" in e]
+    assert any(e["level"] == "error" and "in sleep" in e["stack"] for e in stacks), stacks  # --timeout
+    assert sum(e["generation"] == 2 and e["level"] == "info" for e in stacks) == 2, stacks  # the dump
+    assert all(e["role"] == "worker" and e["pid"] != server.pid for e in stacks)
+    assert any(e["role"] == "master" and e["message"] == "master exiting" for e in records)
+
+    lines = [json.loads(line) for line in access.read_text().splitlines()]
+    assert {"/", "/fail-before"} <= {e["path"] for e in lines}
+    first = next(e for e in lines if e["path"] == "/")
+    assert first["user_agent"] == 'quote " and \\ backslash' and first["status"] == 200 and first["method"] == "GET"
+    assert {"time", "remote_addr", "query", "protocol", "bytes", "duration", "referer", "pid"} <= first.keys()
+
+
+LOG_KEYS = {"time", "level", "pid", "role", "worker", "generation", "message", "exc", "stack"}

@@ -94,3 +94,16 @@ def slow_boot() -> Any:
         delay = fh.read() if fh else os.environ.get("SLOW_BOOT", "0")
     time.sleep(float(delay))
     return slow
+
+
+def spin(conn: socket.socket, addr: Any) -> None:
+    """Read a number of seconds, compute (in Python) that long in ``spin_busily``, answer with our pid."""
+    spin_busily(float(conn.recv(64).decode().strip() or "0"))
+    conn.sendall(f"{os.getpid()}\n".encode())
+
+
+def spin_busily(seconds: float) -> int:
+    deadline, count = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        count += 1
+    return count
