@@ -254,12 +254,19 @@ class Master:
         self.spawn_missing_workers()
         self.table.retire_surplus(self.num_workers, graceful)
         self.table.retire_replaced(graceful)
+        if self.pending is not None and self.gens.rolling():
+            self.table.retire_rolled(self.pending, graceful)
         if self.pending is not None and generation_booted(self, self.pending):
             self.gens.commit(self)
 
     def spawn_missing_workers(self) -> None:
         generation = self.gens.target()
-        missing = self.table.missing(generation, self.num_workers)
+        if generation != self.pending:
+            missing = self.table.missing(generation, self.num_workers, self.gens.kept)
+        else:  # a reload's generation replaces every index, kept ones too
+            missing = self.table.missing(generation, self.num_workers)
+            if self.gens.rolling():
+                missing = missing[:self.gens.rollout_room(self)]
         if not missing or not self.boot.may_spawn(time.monotonic()):
             return
         settings, tls_context = settings_for(self, generation), self.gens.context_for(generation)

@@ -83,6 +83,14 @@ class Settings:
         30.0, help="Kill and replace a worker busy on one connection longer than this (0 = off).",
         parse=seconds, metavar="SECONDS",
     )
+    reload_strategy: str = setting(
+        "generation", help="HUP: generation (boot all new workers beside the old, then retire the old: 2N at "
+        "the peak) or rolling (replace --reload-batch workers at a time: N + K at most).",
+        parse=choice("generation", "rolling"), metavar="STRATEGY",
+    )
+    reload_batch: int = setting(
+        1, help="Rolling reload: workers replaced at a time (K).", parse=integer(1), metavar="K",
+    )
     boot_timeout: float = setting(
         60.0, help="Kill (and retry) a worker still booting, importing the app, after this long (0 = no limit).",
         parse=seconds, metavar="SECONDS",

@@ -161,10 +161,11 @@ class WorkerTable:
             log.warning("%s died (%s); replacing it", worker.describe(), describe_status(status))
             self.stats.restart(RESTART_DIED)
 
-    def missing(self, generation: int, count: int) -> list[int]:
-        """Worker indexes of ``generation`` below ``count`` that have no worker (nor one booting)."""
+    def missing(self, generation: int, count: int, kept: frozenset[int] = frozenset()) -> list[int]:
+        """Worker indexes of ``generation`` below ``count`` that have no worker (nor one booting), where
+        the workers of the generations ``kept`` (a rolling reload stopped half-way) count too."""
         have = {w.index for w in self.workers.values()
-                if w.generation == generation and w.stopping is None and not w.replace}
+                if (w.generation == generation or w.generation in kept) and w.stopping is None and not w.replace}
         return [index for index in range(count) if index not in have]
 
     def event(self, pid: int, event: int) -> WorkerProcess | None:
@@ -212,6 +213,21 @@ class WorkerTable:
         for worker in retiring:
             self.stop(worker, Stop.GRACEFUL, graceful_timeout)
         return len(retiring)
+
+    def retire_rolled(self, generation: int, graceful_timeout: float) -> None:
+        """Rolling reload: stop each worker whose index has a booted worker of ``generation`` now."""
+        booted = {w.index for w in self.workers.values()
+                  if w.generation == generation and w.booted and w.stopping is None}
+        for worker in list(self.workers.values()):
+            if worker.generation != generation and worker.index in booted and worker.stopping is None:
+                log.info("rolling reload: %s replaced; retiring it", worker.describe())
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+
+    def stop_booting(self, generation: int, graceful_timeout: float) -> None:
+        """Stop the workers of ``generation`` that have not booted (a rolling reload keeps the booted)."""
+        for worker in list(self.workers.values()):
+            if worker.generation == generation and not worker.booted and worker.stopping is None:
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
 
     def retire_surplus(self, count: int, graceful_timeout: float) -> None:
         """After TTOU (or a smaller reload), stop the workers numbered ``count`` and above, gracefully."""

@@ -234,3 +234,58 @@ def test_json_logs_every_line_of_a_whole_run_parses(server: Server, tmp_path: Pa
 
 
 LOG_KEYS = {"time", "level", "pid", "role", "worker", "generation", "message", "exc", "stack"}
+
+
+def peak_workers_during_reload(server: Server, pidfile: Path, generation: int, workers: int) -> int:
+    """HUP, then sample the live worker processes until ``workers`` of ``generation`` alone serve; the peak."""
+    server.signal(signal.SIGHUP)
+    peak = 0
+
+    def done() -> bool:
+        nonlocal peak
+        peak = max(peak, len(server.workers()))
+        found = snapshot(pidfile)["workers"]
+        return len(found) == workers and all(w["generation"] == generation and w["state"] == "idle" for w in found)
+
+    wait_for(done, 60, interval=0.01, what=f"generation {generation} alone serving")
+    return peak
+
+
+@pytest.mark.parametrize(("strategy", "batch", "bound"), [("rolling", 1, 5), ("rolling", 2, 6), ("generation", 1, 8)])
+def test_rolling_reload_holds_at_most_n_plus_k_workers(server: Server, tmp_path: Path, strategy: str, batch: int,
+                                                       bound: int) -> None:
+    budget, pidfile = tmp_path / "budget", tmp_path / "web.pid"
+    budget.write_text("100")
+    server.start("--pid", str(pidfile), "--reload-strategy", strategy, "--reload-batch", str(batch),
+                 app="testapps:budget_boot()", workers=4, env={"BOOT_BUDGET": str(budget), "SLOW_BOOT": "0.4"})
+    server.wait_ready(4)
+    peak = peak_workers_during_reload(server, pidfile, 2, 4)
+    if strategy == "rolling":
+        assert 4 < peak <= bound, peak
+    else:
+        assert peak == bound, peak  # today's HUP: the whole new generation beside the old
+    assert server.ask_pid() in server.worker_pids()
+    assert snapshot(pidfile)["stats"]["reloads"] == 1
+
+
+def test_rolling_reload_stops_at_a_failed_boot_and_the_next_hup_starts_afresh(server: Server,
+                                                                              tmp_path: Path) -> None:
+    budget, pidfile = tmp_path / "budget", tmp_path / "web.pid"
+    budget.write_text("3")
+    server.start("--pid", str(pidfile), "--reload-strategy", "rolling", app="testapps:budget_boot()", workers=3,
+                 env={"BOOT_BUDGET": str(budget)}).wait_ready(3)
+    budget.write_text("1")  # the first new worker boots, the second fails
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: snapshot(pidfile)["stats"]["reload_failures"] == 1, 30, what="the failed reload")
+    wait_for(lambda: sorted((w["generation"], w["state"]) for w in snapshot(pidfile)["workers"])
+             == [(1, "idle"), (1, "idle"), (2, "idle")], 30, what="one worker replaced, two old serving")
+    report = snapshot(pidfile)
+    assert report["master"]["generation"] == 1 and report["master"]["pending_generation"] is None
+    assert "boot budget spent" in report["stats"]["last_reload_error"] or "exited during boot" in \
+        report["stats"]["last_reload_error"]
+    for _ in range(6):
+        assert server.ask_pid() in server.worker_pids()
+
+    budget.write_text("100")
+    assert peak_workers_during_reload(server, pidfile, 3, 3) <= 4
+    assert snapshot(pidfile)["stats"]["reloads"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -107,3 +108,18 @@ def spin_busily(seconds: float) -> int:
     while time.monotonic() < deadline:
         count += 1
     return count
+
+
+def budget_boot() -> Any:
+    """A factory that boots while the number in the file $BOOT_BUDGET is above 0 (taking one), else fails;
+    each boot takes $SLOW_BOOT seconds. Serves ``pid``."""
+    with open(os.environ["BOOT_BUDGET"], "r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # workers boot at once: one at a time takes from the budget
+        left = int(fh.read())
+        if left <= 0:
+            raise RuntimeError("boot budget spent, failing on purpose")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(left - 1))
+    time.sleep(float(os.environ.get("SLOW_BOOT", "0")))
+    return pid
