@@ -23,3 +23,14 @@ def probe(conn: socket.socket, addr: Any) -> None:
     if command == b"h":
         while conn.recv(4096):
             pass
+
+
+def ballast() -> Any:
+    """A factory that holds $BALLAST_MB megabytes in each worker (written, so the pages are its own), then
+    serves ``pid``: an app whose workers are heavy, for the reload memory bench."""
+    size = int(os.environ.get("BALLAST_MB", "50")) * 1024 * 1024
+    _held.append(bytearray(b"x") * size)
+    return pid
+
+
+_held: list[bytearray] = []
