@@ -14,11 +14,12 @@ import logging
 import os
 import selectors
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import control, hooks, proctitle
+from . import control, devreload, hooks, proctitle
 from .boot import BootPolicy
 from .endpoint import Endpoint
 from .errors import EXIT_OK, ConfigError, describe_status
@@ -70,6 +71,7 @@ class Master:
         # Which generation serves, and the one on trial during a reload.
         self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, tls_context)
         self.pidfile: Pidfile | None = None
+        self.watcher: subprocess.Popen[bytes] | None = None  # --reload's file watcher
         self.stopping: Stop | None = None  # GRACEFUL or FAST once the server stops
         self.halt_error: Exception | None = None
         self.pool = Pool()  # --max-workers: decides num_workers from the scoreboard
@@ -143,6 +145,8 @@ class Master:
         self.selector.register(self.wakeup.read_fd, selectors.EVENT_READ, self.dispatch_signals)
         self.selector.register(self.events.read_fd, selectors.EVENT_READ, self.read_worker_events)
         self.wakeup.install()
+        if settings.reload:  # development: a watcher process HUPs us when the code changes
+            self.watcher = devreload.start_watcher(self.pid, os.getcwd(), settings.reload_extra_file)
         log.info("master started (pid %d), %d workers, app %s", self.pid, self.num_workers, settings.app)
         hooks.run("when_ready", self.settings, self.hook_server)
 
@@ -294,6 +298,9 @@ class Master:
         for pid, status, worker in self.table.reap():
             if pid == self.new_master and self.upgrade.new_master_exited(status, self.pidfile, bool(self.stopping)):
                 self.reclaim_control_socket()
+            elif self.watcher is not None and pid == self.watcher.pid and not self.stopping:
+                log.warning("--reload: the file watcher exited (%s); code changes no longer reload",
+                            describe_status(status))
             elif worker is not None:
                 # Stop.KILL before booting: killed by --boot-timeout, which is a failed boot too.
                 if not worker.booted and worker.stopping in (None, Stop.KILL):
@@ -336,6 +343,8 @@ class Master:
 
     def cleanup(self) -> None:
         self.wakeup.restore()
+        if self.watcher is not None and self.watcher.poll() is None:
+            self.watcher.terminate()
         self.listeners.close_all()
         if self.pidfile is not None:
             self.pidfile.remove()

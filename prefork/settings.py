@@ -35,6 +35,7 @@ from .values import (
     optional_address,
     optional_text,
     owner,
+    path_list,
     readable_file,
     seconds,
     setting,
@@ -82,6 +83,15 @@ class Settings:
     timeout: float = setting(
         30.0, help="Kill and replace a worker busy on one connection longer than this (0 = off).",
         parse=seconds, metavar="SECONDS",
+    )
+    reload: bool = setting(
+        False, help="Development: reload (HUP) when a Python file under the app's directory (--chdir, else the "
+        "current one; site-packages excluded) or a --reload-extra-file changes (needs the dev extra: "
+        "watchfiles); not with --preload.", parse=boolean, flag=True, start_only=True,
+    )
+    reload_extra_file: tuple[str, ...] = setting(
+        (), help="With --reload: watch this file too (repeatable).", parse=path_list, metavar="FILE",
+        multiple=True, start_only=True,
     )
     reload_strategy: str = setting(
         "generation", help="HUP: generation (boot all new workers beside the old, then retire the old: 2N at "
@@ -302,6 +312,8 @@ def check_connection_settings(settings: Settings) -> None:
         raise ConfigError("ca_certs: client certificates need TLS (certfile)")
     if settings.verify_client and not settings.ca_certs:
         raise ConfigError("verify_client: needs ca_certs (the CAs that sign client certificates)")
+    if settings.reload and settings.preload:
+        raise ConfigError("reload: cannot be used with preload (the app is imported once, in the master)")
     if settings.max_per_source and settings.threads > 1:
         # The scoreboard shows one connection per worker, which is what the limit counts.
         raise ConfigError("max_per_source: counts one connection per worker; it cannot be used with threads > 1")

@@ -19,6 +19,8 @@ import pytest
 from conftest import Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
 
+from prefork.devreload import wanted
+
 
 def test_boot_timeout_kills_a_worker_that_never_finishes_booting(server: Server) -> None:
     """A worker still importing after --boot-timeout is killed (its stack logged); at first start, 5 in a row stop
@@ -289,3 +291,60 @@ def test_rolling_reload_stops_at_a_failed_boot_and_the_next_hup_starts_afresh(se
     budget.write_text("100")
     assert peak_workers_during_reload(server, pidfile, 3, 3) <= 4
     assert snapshot(pidfile)["stats"]["reloads"] == 1
+
+
+DEV_APP = '''\
+import os
+
+def handler(conn, addr):
+    conn.sendall(b"{version} %d\\n" % os.getpid())
+'''
+
+
+def answer(server: Server) -> str:
+    return server.ask().decode().split()[0]
+
+
+def test_reload_restarts_workers_when_a_python_file_changes(server: Server, tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    (app_dir / "site-packages").mkdir(parents=True)
+    (app_dir / "devapp.py").write_text(DEV_APP.format(version="v1"))
+    extra = tmp_path / "settings.ini"
+    extra.write_text("a")
+    server.start("--reload", "--chdir", str(app_dir), "--reload-extra-file", str(extra), app="devapp:handler",
+                 workers=1).wait_ready(1)
+    assert answer(server) == "v1"
+    watcher = [p for p in server.workers() if "prefork.devreload" in " ".join(p.cmdline())]
+    assert len(watcher) == 1  # its own process, not a thread of the master
+
+    def edited(path: Path, content: str, reloads: int) -> bool:
+        path.write_text(content)  # again until the watcher, started asynchronously, has seen it
+        return server.log().count("reloading: starting generation") >= reloads
+
+    wait_for(lambda: edited(app_dir / "devapp.py", DEV_APP.format(version="v2"), 1), 30, interval=0.5,
+             what="a reload after the edit")
+    wait_for(lambda: answer(server) == "v2", 30, what="the new code serving")
+    wait_for(lambda: edited(extra, "b", 2), 30, interval=0.5, what="a reload after the extra file changed")
+
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0
+    wait_for(lambda: not watcher[0].is_running() or watcher[0].status() == "zombie", 10, what="the watcher gone")
+
+
+def test_reload_is_refused_with_preload(server: Server) -> None:
+    server.start("--reload", "--preload", workers=1)
+    assert server.wait_exit(30) == 2
+    assert server.log().strip().splitlines()[-1].endswith(
+        "reload: cannot be used with preload (the app is imported once, in the master)"), server.log()
+
+
+def test_reload_watches_python_files_of_the_app_and_the_extra_files(tmp_path: Path) -> None:
+    extra = {tmp_path / "conf" / "app.toml"}
+    assert wanted(tmp_path, extra, str(tmp_path / "app.py"))
+    assert wanted(tmp_path, extra, str(tmp_path / "pkg" / "models.py"))
+    assert wanted(tmp_path, extra, str(tmp_path / "conf" / "app.toml"))
+    assert not wanted(tmp_path, extra, str(tmp_path / "notes.txt"))
+    assert not wanted(tmp_path, extra, str(tmp_path / ".venv" / "lib" / "site-packages" / "x.py"))
+    assert not wanted(tmp_path, extra, str(tmp_path / "lib" / "site-packages" / "x.py"))
+    assert not wanted(tmp_path, extra, str(tmp_path / "pkg" / "__pycache__" / "m.py"))
+    assert not wanted(tmp_path / "app", extra, str(tmp_path / "other.py"))
