@@ -9,7 +9,6 @@ names that worker, whose state it shows.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -56,6 +55,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line: time, level, pid, role, worker, generation, message,
     exc (a traceback) and stack (a worker's Python stack), the last four only where they apply."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        import json  # only with --log-format json: a plain master does not load it
+
+        self.dumps = json.dumps
+
     def format(self, record: logging.LogRecord) -> str:
         fields = record.__dict__
         stack_of = fields.get("stack_of")  # (pid, index, generation) of the worker whose stack it is
@@ -73,7 +78,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = record.exc_text
         if fields.get("stack"):
             entry["stack"] = fields["stack"]
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return self.dumps(entry, ensure_ascii=False, default=str)
 
 
 def make_formatter(log_format: str) -> logging.Formatter:
