@@ -41,5 +41,5 @@ def answer(view: ServerView, path: str) -> tuple[str, str]:
         return "200 OK", "ok\n"
     reason = unready_reason(view)
     if reason is None:
-        return "200 OK", f"ready: {booted_workers(view)} workers booted\n"
+        return "200 OK", f"ready: {booted_workers(view)} of {ready_target(view)} workers booted\n"
     return "503 Service Unavailable", reason + "\n"

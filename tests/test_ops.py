@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
+from pidfile_helpers import read_pid
 
 from prefork.devreload import wanted
 
@@ -72,7 +74,7 @@ def test_readyz_through_boot_reload_and_stop(server: Server, tmp_path: Path) -> 
     assert get(f"{base}/livez") == (200, "ok\n")
     wait_for(lambda: get(f"{base}/readyz")[0] == 200, 30, what="ready")
     server.wait_ready(2)
-    assert get(f"{base}/readyz") == (200, "ready: 2 workers booted\n")
+    assert get(f"{base}/readyz") == (200, "ready: 2 of 2 workers booted\n")
 
     server.signal(signal.SIGHUP)
     answers = []
@@ -348,3 +350,26 @@ def test_reload_watches_python_files_of_the_app_and_the_extra_files(tmp_path: Pa
     assert not wanted(tmp_path, extra, str(tmp_path / "lib" / "site-packages" / "x.py"))
     assert not wanted(tmp_path, extra, str(tmp_path / "pkg" / "__pycache__" / "m.py"))
     assert not wanted(tmp_path / "app", extra, str(tmp_path / "other.py"))
+
+
+def test_readyz_during_a_binary_upgrade_each_master_answers_for_itself(server: Server, tmp_path: Path) -> None:
+    """Both masters share the metrics address (SO_REUSEPORT): the retiring one, still finishing a connection,
+    says 503 stopping; the new one 200."""
+    pidfile, port = tmp_path / "web.pid", free_port()
+    server.start("--pid", str(pidfile), "--metrics-bind", f"127.0.0.1:{port}", app="testapps:slow",
+                 workers=1).wait_ready(1)
+    with socket.create_connection(server.address, timeout=60) as busy:
+        busy.sendall(b"20\n")  # keeps the old master in its graceful stop
+        wait_for(lambda: busy_workers(f"http://127.0.0.1:{port}") == 1, 10, what="a busy worker")
+        server.signal(signal.SIGUSR2)
+        wait_for(lambda: "retiring this one" in server.log(), 30, what="the old master retiring")
+        seen: set[tuple[int, str]] = set()
+
+        def both_seen() -> bool:
+            seen.add(get(f"http://127.0.0.1:{port}/readyz"))
+            return (503, "stopping (graceful)\n") in seen and (200, "ready: 1 of 1 workers booted\n") in seen
+
+        wait_for(both_seen, 20, interval=0.01, what="both masters' answers")
+        assert seen <= {(503, "stopping (graceful)\n"), (200, "ready: 1 of 1 workers booted\n")}, seen
+    new_master = wait_for(lambda: read_pid(pidfile) if read_pid(pidfile) != server.pid else None, 10)
+    os.kill(new_master, signal.SIGQUIT)
