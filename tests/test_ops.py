@@ -230,6 +230,11 @@ def test_json_logs_every_line_of_a_whole_run_parses(server: Server, tmp_path: Pa
     assert all(e["role"] == "worker" and e["pid"] != server.pid for e in stacks)
     assert any(e["role"] == "master" and e["message"] == "master exiting" for e in records)
 
+    if shutil.which("jq"):  # as an operator reads it
+        piped = subprocess.run(["jq", "-c", "select(.stack) | .worker"], input=server.log(), capture_output=True,
+                               text=True, timeout=30)
+        assert piped.returncode == 0 and len(piped.stdout.split()) == len(stacks), piped.stderr
+
     lines = [json.loads(line) for line in access.read_text().splitlines()]
     assert {"/", "/fail-before"} <= {e["path"] for e in lines}
     first = next(e for e in lines if e["path"] == "/")
