@@ -83,6 +83,8 @@ def test_readyz_through_boot_reload_and_stop(server: Server, tmp_path: Path) -> 
         assert len(answers) < 2000, server.log()
         time.sleep(0.02)
     assert len(answers) > 10 and set(answers) == {200}, answers  # the reload took seconds: no flap
+    wait_for(lambda: len(server.worker_pids()) == 2 and workers_in(base, "idle") == 2, 30,
+             what="the old generation gone")  # else the next connection may go to a worker retiring
 
     with socket.create_connection(server.address, timeout=30) as busy:
         busy.sendall(b"4\n")  # one worker busy for 4 s
@@ -110,8 +112,12 @@ def answer_or_none(url: str) -> tuple[int, str] | None:
 
 
 def busy_workers(base: str) -> int:
-    """prefork_workers{state="busy"}, from /metrics."""
-    found = re.search(r'^prefork_workers\{state="busy"\} (\d+)', get(f"{base}/metrics")[1], re.M)
+    return workers_in(base, "busy")
+
+
+def workers_in(base: str, state: str) -> int:
+    """prefork_workers{state=...}, from /metrics."""
+    found = re.search(rf'^prefork_workers\{{state="{state}"\}} (\d+)', get(f"{base}/metrics")[1], re.M)
     return int(found.group(1)) if found else 0
 
 
@@ -378,3 +384,17 @@ def test_readyz_during_a_binary_upgrade_each_master_answers_for_itself(server: S
         assert seen <= {(503, "stopping (graceful)\n"), (200, "ready: 1 of 1 workers booted\n")}, seen
     new_master = wait_for(lambda: read_pid(pidfile) if read_pid(pidfile) != server.pid else None, 10)
     os.kill(new_master, signal.SIGQUIT)
+
+
+def test_readyz_with_an_adaptive_pool_counts_its_minimum(server: Server) -> None:
+    """The pool grows under load: while its new worker boots, /readyz stays 200 (--min-workers have booted)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server.start("--metrics-bind", f"127.0.0.1:{port}", "--min-workers", "1", "--max-workers", "3", "--spare", "1",
+                 app="testapps:slow_boot()", workers=None, env={"SLOW_BOOT": "2"})
+    wait_for(lambda: (answer_or_none(f"{base}/readyz") or (0, ""))[0] == 200, 30, what="ready")
+    with socket.create_connection(server.address, timeout=30) as busy:
+        busy.sendall(b"8\n")  # no idle worker left: the pool forks one more, which boots for 2 s
+        wait_for(lambda: workers_in(base, "booting") == 1, 20, what="the pool forking one more")
+        status, body = get(f"{base}/readyz")
+        assert status == 200 and body.startswith("ready: ") and body.endswith(" of 1 workers booted\n"), body
