@@ -257,7 +257,7 @@ class Master:
             self.num_workers = size
         self.spawn_missing_workers()
         self.table.retire_surplus(self.num_workers, graceful)
-        self.table.retire_replaced(graceful)
+        self.table.retire_replaced(graceful, self.gens.kept)
         if self.pending is not None and self.gens.rolling():
             self.table.retire_rolled(self.pending, graceful)
         if self.pending is not None and generation_booted(self, self.pending):

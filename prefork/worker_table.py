@@ -236,13 +236,14 @@ class WorkerTable:
                 log.info("retiring %s (fewer workers wanted)", worker.describe())
                 self.stop(worker, Stop.GRACEFUL, graceful_timeout)
 
-    def retire_replaced(self, graceful_timeout: float) -> None:
-        """Stop workers marked for replacement once their successor has booted."""
+    def retire_replaced(self, graceful_timeout: float, kept: frozenset[int] = frozenset()) -> None:
+        """Stop workers marked for replacement once their successor has booted (of their generation; for a
+        worker kept from a stopped rolling reload, of whichever generation replaced it)."""
         for worker in list(self.workers.values()):
             if not worker.replace or worker.stopping is not None:
                 continue
-            if any(w.index == worker.index and w.generation == worker.generation and w.booted
-                   and not w.replace and w.stopping is None for w in self.workers.values()):
+            if any(w.index == worker.index and (w.generation == worker.generation or worker.generation in kept)
+                   and w.booted and not w.replace and w.stopping is None for w in self.workers.values()):
                 log.info("replacement for %s booted; retiring it", worker.describe())
                 self.stop(worker, Stop.GRACEFUL, graceful_timeout)
 

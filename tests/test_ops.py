@@ -398,3 +398,24 @@ def test_readyz_with_an_adaptive_pool_counts_its_minimum(server: Server) -> None
         wait_for(lambda: workers_in(base, "booting") == 1, 20, what="the pool forking one more")
         status, body = get(f"{base}/readyz")
         assert status == 200 and body.startswith("ready: ") and body.endswith(" of 1 workers booted\n"), body
+
+
+def test_a_kept_worker_of_a_stopped_rollout_is_recycled_by_max_requests(server: Server, tmp_path: Path) -> None:
+    """After a failed rolling reload, a kept (new-generation) worker that reaches --max-requests is replaced and
+    retires like any other: the table goes back to N workers."""
+    budget, pidfile = tmp_path / "budget", tmp_path / "web.pid"
+    budget.write_text("2")
+    server.start("--pid", str(pidfile), "--reload-strategy", "rolling", "--max-requests", "3",
+                 app="testapps:budget_boot()", workers=2, env={"BOOT_BUDGET": str(budget)}).wait_ready(2)
+    budget.write_text("1")  # index 0 is replaced, index 1 fails to boot
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: sorted((w["generation"], w["state"]) for w in snapshot(pidfile)["workers"])
+             == [(1, "idle"), (2, "idle")], 30, what="one worker replaced, one old serving")
+    kept = next(w["pid"] for w in snapshot(pidfile)["workers"] if w["generation"] == 2)
+    budget.write_text("100")
+    for _ in range(40):
+        server.ask_pid()
+        if kept not in server.worker_pids():
+            break
+    wait_for(lambda: kept not in server.worker_pids(), 20, what=f"the kept worker retired: {server.log()}")
+    wait_for(lambda: len(server.worker_pids()) == 2, 20, what="two workers again")
