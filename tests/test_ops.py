@@ -21,6 +21,7 @@ from conftest import Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
 from pidfile_helpers import read_pid
 
+from prefork import protocol
 from prefork.devreload import wanted
 
 
@@ -437,3 +438,16 @@ def test_a_kept_worker_of_a_stopped_rollout_is_recycled_by_max_requests(server: 
             break
     wait_for(lambda: kept not in server.worker_pids(), 20, what=f"the kept worker retired: {server.log()}")
     wait_for(lambda: len(server.worker_pids()) == 2, 20, what="two workers again")
+
+
+def test_the_stacks_answer_is_checked_by_its_own_schema() -> None:
+    """The client reads ``stacks`` by its schema, not the status one (which would refuse it), and trusts
+    nothing it reads there either."""
+    good = b'{"seq": 2, "stacks": {"123": {"seq": 2, "stack": "File x"}}}'
+    assert protocol.decode(good, protocol.STACKS)["stacks"]["123"]["stack"] == "File x"
+    for bad in (b'{"seq": 2}', b'{"seq": 2, "stacks": {"123": {"seq": "2", "stack": ""}}}',
+                b'{"seq": -1, "stacks": {}}', b'[]'):
+        with pytest.raises(ValueError):
+            protocol.decode(bad, protocol.STACKS)
+    with pytest.raises(ValueError):
+        protocol.decode(good)  # as a status answer
