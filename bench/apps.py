@@ -32,3 +32,14 @@ def slow_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     time.sleep(0.3)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
     return [b"ok\n"]
+
+
+def ballast() -> Any:
+    """A factory that holds $BALLAST_MB megabytes in each worker (written, so the pages are its own), then
+    serves ``pid``: an app whose workers are heavy, for the reload memory bench."""
+    size = int(os.environ.get("BALLAST_MB", "50")) * 1024 * 1024
+    _held.append(bytearray(b"x") * size)
+    return pid
+
+
+_held: list[bytearray] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from . import servers
+from .client import Load
 from .plan import Plan
 from .report import Section, Table, median, ratio
 
@@ -46,7 +47,7 @@ def run(plan: Plan) -> Section:
                         "with the master are not in it.")
     idle.notes.append("Wake-ups = voluntary + involuntary context switches of the master (/proc/PID/status). "
                       "Target: no measurable CPU, at most one wake-up a second.")
-    section.tables += [memory, lean(measured), idle, reloads(plan)]
+    section.tables += [memory, lean(measured), idle, reloads(plan), reload_memory(plan)]
     return section
 
 
@@ -128,3 +129,41 @@ def reloads(plan: Plan) -> Table:
     table.add("workers", children0, children1)
     table.add("reload time, median ms (HUP → old generation exited)", "", median(times))
     return table
+
+
+RELOAD_STRATEGIES = {"generation": ["--reload-strategy", "generation"],
+                     "rolling, K = 1": ["--reload-strategy", "rolling", "--reload-batch", "1"]}
+
+
+def reload_memory(plan: Plan) -> Table:
+    """Peak total USS (master and workers) during one HUP of an app holding 50 MB per worker, under load."""
+    n, ballast = (2, 5) if plan.smoke else (4, 50)
+    seconds = max(plan.storm_seconds, 1.0)
+    table = Table(f"Memory during a reload, N = {n}, {ballast} MB per worker, under load ({2 * n} clients)",
+                  ["strategy", "total USS before (MB)", "peak total USS (MB)", "peak workers", "connections",
+                   "failed"], summary=True)
+    for name, extra in RELOAD_STRATEGIES.items():
+        with servers.prefork("bench.apps:ballast()", n, extra=extra).start(env={"BALLAST_MB": str(ballast)}) \
+                as server:
+            server.wait_booted(timeout=60.0)
+            before = total_uss(server)
+            load = Load("pid", server.address, 2 * n, seconds)
+            server.signal(signal.SIGHUP)
+            peak, peak_workers = before, 0
+            while not (reloads_done(server, 1) and len(server.worker_pids()) == n):
+                peak, peak_workers = max(peak, total_uss(server)), max(peak_workers, len(server.worker_pids()))
+                time.sleep(0.02)
+            result = load.join()
+            table.add(name, before, peak, peak_workers, result.ops, result.failed)
+    table.notes += [f"USS sampled every 20 ms from the HUP until the old workers have exited; the load "
+                    f"(`bench.apps:pid`, {seconds:g} s) runs throughout. Bound: generation holds 2N workers at "
+                    "the peak, rolling N + K. Target: 0 failed for both."]
+    return table
+
+
+def total_uss(server: servers.BenchServer) -> float:
+    total = 0.0
+    for process in server.tree():
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_full_info().uss / MB
+    return total

@@ -56,8 +56,8 @@ class BenchServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
-    def start(self) -> BenchServer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFORK_")}
+    def start(self, env: dict[str, str] | None = None) -> BenchServer:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFORK_")}, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=self.log_file, env=env,

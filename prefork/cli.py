@@ -242,6 +242,19 @@ def stop_command(pidfile: str, fast: bool, graceful: bool, timeout: float | None
         click.echo(client.stop(pidfile, fast, timeout))
 
 
+@main.command("dump")
+@pid_option
+@click.option("--worker", "index", type=click.IntRange(0), default=None, metavar="INDEX",
+              help="Only this worker (IDX in `prefork status`), of the serving generation.")
+@timeout_option(10.0, "the stacks")
+def dump_command(pidfile: str, index: int | None, timeout: float) -> None:
+    """Print every thread's Python stack of each serving worker (also logged); nothing stops."""
+    from . import client
+
+    with control_errors():
+        click.echo(client.dump(pidfile, index, timeout), nl=False)
+
+
 @main.command("scale", context_settings={"ignore_unknown_options": True})
 @click.argument("count", metavar="N|+N|-N")
 @pid_option

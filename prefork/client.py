@@ -50,22 +50,22 @@ def find_master(pidfile: str) -> int:
     return pid
 
 
-def query(pidfile: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
-    """Ask the master for its status over its control socket."""
+def query(pidfile: str, timeout: float = QUERY_TIMEOUT, command: str = protocol.STATUS) -> dict[str, Any]:
+    """Ask the master for its status (or another ``command``) over its control socket."""
     find_master(pidfile)
     path = control_path(pidfile)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-            sock.sendall(protocol.request())
+            sock.sendall(protocol.request(command))
             answer = _read_answer(sock, time.monotonic() + timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunningError(f"the master at {pidfile} has no control socket ({path})") from None
         except OSError as exc:
             raise ControlError(f"cannot query the master through {path}: {exc.strerror or exc}") from None
     try:
-        return protocol.decode(answer)
+        return protocol.decode(answer, command)
     except ValueError as exc:
         error = _error_in(answer)
         if error is not None:
@@ -234,3 +234,35 @@ def _workers_match(pidfile: str, wanted: int) -> bool:
     workers = report["workers"]
     serving = [w for w in workers if w["generation"] == generation and w["state"] not in ("booting", "stopping")]
     return len(serving) == wanted and len(workers) == wanted
+
+
+def dump(pidfile: str, index: int | None, timeout: float) -> str:
+    """Make the serving generation's workers (or worker ``index``) write their stacks; return them.
+
+    The stacks come through the master (which also logs them): its ``stacks`` answer is
+    polled until each worker signalled has written one since."""
+    from .stacks import DUMP_SIGNAL
+
+    report = query(pidfile)
+    generation = report["master"]["generation"]
+    targets = [w for w in report["workers"] if w["generation"] == generation and w["state"] in ("idle", "busy")
+               and (index is None or w["index"] == index)]
+    if not targets:
+        which = f"worker {index}" if index is not None else "workers"
+        raise ControlError(f"no serving {which} of generation {generation} to dump")
+    before = query(pidfile, command=protocol.STACKS)["seq"]
+    for worker in targets:
+        try:
+            os.kill(worker["pid"], DUMP_SIGNAL)
+        except ProcessLookupError:
+            pass  # gone since: nothing to wait for below but the others
+
+    def written() -> dict[int, str] | None:
+        stacks = query(pidfile, command=protocol.STACKS)["stacks"]
+        fresh = {w["pid"]: stacks[str(w["pid"])]["stack"] for w in targets
+                 if stacks.get(str(w["pid"]), {}).get("seq", 0) > before}
+        return fresh if len(fresh) == len(targets) else None
+
+    fresh = wait_until(written, timeout, "the workers' stacks")
+    return "\n".join(f"worker {w['index']} gen {w['generation']} (pid {w['pid']}):\n{fresh[w['pid']].rstrip()}\n"
+                     for w in targets if w["pid"] in fresh)

@@ -93,6 +93,8 @@ def answer_control(master: ServerView, request: bytes) -> bytes:
     command = protocol.parse_request(request)
     if command == protocol.STATUS:
         return protocol.encode(status.snapshot(master))
+    if command == protocol.STACKS:
+        return protocol.encode(master.stack_report)
     return protocol.encode({"error": f"unknown command {command!r}"})
 
 

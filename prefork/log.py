@@ -11,6 +11,12 @@ there themselves). So a rotation (USR1) or a changed
 file may stay root's, and the workers' user can neither follow a symlink
 through it nor truncate it. Records up to the pipe's atomic size (4096 bytes)
 never interleave; a longer traceback written while another worker logs may.
+
+Every process formats its own records with the one formatter :func:`make_formatter`
+gives for ``--log-format``: ``text`` (a line for a person) or ``json`` (one JSON
+object per line). A record may carry a ``stack`` (a worker's Python stack, which
+the master read from the worker's stack pipe: see ``stacks.py``); it then also
+names that worker, whose state it shows.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import logging
 import os
 import stat
 import sys
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 LOGGER_NAME = "prefork"
 FORMAT = "%(asctime)s [%(process)d] [%(role)s] %(levelname)s: %(message)s"
+LOG_FORMATS = ("text", "json")
 PIPE_SIZE = 1 << 20  # room for bursts while the master is busy elsewhere (the unprivileged maximum)
 DRAIN_CHUNK = 65536
 
@@ -35,9 +43,12 @@ class RoleFilter(logging.Filter):
     def __init__(self, role: str = "master") -> None:
         super().__init__()
         self.role = role
+        self.worker: int | None = None  # a worker's index and generation, None in the master
+        self.generation: int | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = self.role
+        record.worker, record.generation = self.worker, self.generation
         return True
 
 
@@ -126,10 +137,63 @@ class RecordHandler(logging.Handler):
             self.handleError(record)
 
 
+def rfc3339(timestamp: float) -> str:
+    """``2026-12-01T22:41:16.123+00:00``: UTC, milliseconds."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """The line a person reads; a worker's stack follows on the lines after it."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        stack = getattr(record, "stack", None)
+        return f"{line}\n{stack.rstrip()}" if stack else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: time, level, pid, role, worker, generation, message,
+    exc (a traceback) and stack (a worker's Python stack), the last four only where they apply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import json  # only with --log-format json: a plain master does not load it
+
+        self.dumps = json.dumps
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
+        stack_of = fields.get("stack_of")  # (pid, index, generation) of the worker whose stack it is
+        entry: dict[str, Any] = {"time": rfc3339(record.created), "level": record.levelname.lower()}
+        if stack_of is not None:
+            entry.update(pid=stack_of[0], role="worker", worker=stack_of[1], generation=stack_of[2])
+        elif fields.get("worker") is not None:
+            entry.update(pid=record.process, role="worker", worker=fields["worker"], generation=fields["generation"])
+        else:
+            entry.update(pid=record.process, role="master")
+        entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        if fields.get("stack"):
+            entry["stack"] = fields["stack"]
+        return self.dumps(entry, ensure_ascii=False, default=str)
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    """The formatter every process (master and workers) uses for ``--log-format``."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
 class Log:
     """The process's log: in the master, a file (or stderr) plus the workers' pipe; in a worker, the pipe."""
 
-    def __init__(self, level: str, path: str | None) -> None:
+    def __init__(self, level: str, path: str | None, log_format: str = "text") -> None:
+        self.format = log_format
         self.logger = logging.getLogger(LOGGER_NAME)
         self.logger.propagate = False
         self.destination = Destination(path)
@@ -142,7 +206,7 @@ class Log:
         self.in_worker = False
         self.role = RoleFilter()
         self.handler = RecordHandler(self)
-        self.handler.setFormatter(logging.Formatter(FORMAT))
+        self.handler.setFormatter(make_formatter(log_format))
         self.handler.addFilter(self.role)
         self.logger.handlers[:] = [self.handler]
         self.logger.setLevel(level.upper())
@@ -196,6 +260,11 @@ class Log:
 
     def set_role(self, role: str) -> None:
         self.role.role = role
+
+    def set_worker(self, index: int, generation: int) -> None:
+        """In a worker after fork: its records name it."""
+        self.role.role = f"worker {index} gen {generation}"
+        self.role.worker, self.role.generation = index, generation
 
     def use(self, path: str | None) -> None:
         """Log to ``path`` (None: stderr) from now on; OSError if it cannot be opened, and nothing changes."""

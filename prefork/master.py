@@ -14,14 +14,15 @@ import logging
 import os
 import selectors
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import control, hooks, proctitle
+from . import control, devreload, hooks, proctitle
 from .boot import BootPolicy
 from .endpoint import Endpoint
-from .errors import EXIT_OK, PreforkError
+from .errors import EXIT_OK, PreforkError, describe_status
 from .events import EventPipe
 from .listeners import Listeners
 from .log import Log
@@ -31,10 +32,11 @@ from .pool import Pool
 from .reload import Generations
 from .scoreboard import Scoreboard
 from .settings import Settings
+from .stacks import Stacks
 from .stats import Stats
 from .systemd import Notifier
 from .upgrade import Upgrade, upgraded_from
-from .view import Stop, WorkerProcess, generation_booted, settings_for
+from .view import Stop, WorkerProcess, generation_booted, newest_settings, settings_for
 from .wakeup import Wakeup
 from .worker_table import ForkWith, WorkerTable
 
@@ -68,6 +70,7 @@ class Master:
         # Which generation serves, and the one on trial during a reload.
         self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, tls_context)
         self.pidfile: Pidfile | None = None
+        self.watcher: subprocess.Popen[bytes] | None = None  # --reload's file watcher
         self.stopping: Stop | None = None  # GRACEFUL or FAST once the server stops
         self.shutdown_delay_ends: float | None = None  # after TERM with --shutdown-delay: serving until then
         self.halt_error: Exception | None = None
@@ -77,9 +80,10 @@ class Master:
         self.upgrade = Upgrade(self.selector)  # the successor a USR2 started, or the master we replace
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
+        self.stacks = Stacks(self.selector)  # the workers' faulthandler pipes
         self.hook_server = hooks.Server(self)  # what hooks may read of us
         self.fork_with = ForkWith(self.listeners, log_, preloaded, self.hook_server, self.pid, self.events.write_fd,
-                                  self.own_fds, HANDLED_SIGNALS)
+                                  self.own_fds, HANDLED_SIGNALS, self.stacks)
         self.signal_table: dict[int, Callable[[], None]] = {
             signal.SIGHUP: self.handle_hup,  # reload: new generation, then retire the old
             signal.SIGTERM: self.handle_term,  # graceful stop
@@ -104,6 +108,7 @@ class Master:
 
     workers = property(lambda self: self.table.workers)  # pid -> WorkerProcess
     listener_names = property(lambda self: [listener.name for listener in self.listeners.shared])
+    stack_report = property(lambda self: self.stacks.answer())
 
     # --- the loop ---
 
@@ -138,6 +143,8 @@ class Master:
         self.selector.register(self.events.read_fd, selectors.EVENT_READ, self.read_worker_events)
         self.selector.register(self.log.pipe_r, selectors.EVENT_READ, self.log.drain_workers)  # workers' log lines
         self.wakeup.install()
+        if settings.reload:  # development: a watcher process HUPs us when the code changes
+            self.watcher = devreload.start_watcher(self.pid, os.getcwd(), settings.reload_extra_file)
         log.info("master started (pid %d), %d workers, %s", self.pid, self.num_workers, settings.served)
         hooks.run("when_ready", self.settings, self.hook_server)
 
@@ -149,11 +156,13 @@ class Master:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
         settings = self.settings
-        deadlines = self.table.deadlines(now, settings.worker_timeout, settings.max_worker_memory)
-        # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1; --shutdown-delay.
+        deadlines = self.table.deadlines(now, settings.worker_timeout, newest_settings(self).boot_timeout,
+                                         settings.max_worker_memory)
+        # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1; --shutdown-delay;
+        # the end of a stack a worker is writing (stacks.py).
         delay = None if self.stopping else self.shutdown_delay_ends
         for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline(),
-                         delay):
+                         delay, self.stacks.deadline()):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -255,8 +264,10 @@ class Master:
     def manage_workers(self) -> None:
         """Bring the worker table to what it should be; called after every wake-up."""
         graceful = self.settings.graceful_timeout
+        self.stacks.flush_due(time.monotonic())
         if not self.stopping:
-            self.table.check(self.settings.worker_timeout, self.settings.max_worker_memory)
+            self.table.check(self.settings.worker_timeout, newest_settings(self).boot_timeout,
+                             self.settings.max_worker_memory)
         self.table.kill_overdue(graceful)
         if self.stopping:
             return
@@ -265,13 +276,13 @@ class Master:
             self.num_workers = size
         self.spawn_missing_workers()
         self.table.retire_surplus(self.num_workers, graceful)
-        self.table.retire_replaced(graceful)
+        self.gens.retire_replaced(graceful)
         if self.pending is not None and generation_booted(self, self.pending):
             self.gens.commit(self)
 
     def spawn_missing_workers(self) -> None:
         generation = self.gens.target()
-        self.table.spawn_missing(generation, self.num_workers, self.boot, settings_for(self, generation),
+        self.table.spawn_missing(generation, self.gens.missing(self), self.boot, settings_for(self, generation),
                                  self.gens.context_for(generation), self.fork_with)
 
     def own_fds(self) -> tuple[int, ...]:
@@ -280,7 +291,7 @@ class Master:
         endpoint_fds = (fd for endpoint in self.endpoints for fd in endpoint.fds())
         pidfile_fds = self.pidfile.fds() if self.pidfile else []
         return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds,
-                *pidfile_fds)
+                *pidfile_fds, *self.stacks.fds())
 
     def worker_booted(self, worker: WorkerProcess) -> None:
         self.boot.booted()
@@ -290,11 +301,16 @@ class Master:
             self.upgrade.tell_replaced_master()
 
     def reap_workers(self) -> None:
-        for worker, status in self.table.reap():
-            if not worker.booted and worker.stopping is None:
-                self.boot_failed(worker, status)
-            self.listeners.close_slots(self.num_workers, self.table.indexes())
-            hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
+        for pid, status, worker in self.table.reap():
+            if self.watcher is not None and pid == self.watcher.pid and not self.stopping:
+                log.warning("--reload: the file watcher exited (%s); code changes no longer reload",
+                            describe_status(status))
+            elif worker is not None:
+                # Stop.KILL before booting: killed by --boot-timeout, which is a failed boot too.
+                if not worker.booted and worker.stopping in (None, Stop.KILL):
+                    self.boot_failed(worker, status)
+                self.listeners.close_slots(self.num_workers, self.table.indexes())
+                hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, status: int) -> None:
         self.stats.boot_failures += 1
@@ -333,12 +349,15 @@ class Master:
         lost = self.listeners.still_queued()
         if lost:  # the graceful timeout ran out (or a fast stop) with connections still queued
             log.warning("%d queued connection%s closed unserved", lost, "s" if lost != 1 else "")
+        if self.watcher is not None and self.watcher.poll() is None:
+            self.watcher.terminate()
         self.listeners.close_all()
         if self.pidfile is not None:
             self.pidfile.remove()
         for endpoint in self.endpoints:
             endpoint.close()
         self.upgrade.forget_new_master()
+        self.stacks.close()
         self.selector.close()
         self.events.close()
         hooks.run("on_exit", self.settings, self.hook_server)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import status
+from . import health, status
 from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT
 from .view import Phase, ServerView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+HEALTH_PATHS = ("/livez", "/readyz")
 WORKER_STATES = ("booting", "idle", "busy", "stopping")
 RESTART_REASONS = (RESTART_DIED, RESTART_TIMEOUT, RESTART_MAX_REQUESTS, RESTART_MEMORY)
 
@@ -30,8 +31,10 @@ def answer_http(master: ServerView, request: bytes) -> bytes:
     method, target = parts[0], parts[1].split("?", 1)[0]
     if method not in ("GET", "HEAD"):
         return response("405 Method Not Allowed", "only GET\n", extra="Allow: GET, HEAD\r\n")
+    if target in HEALTH_PATHS:
+        return response(*health.answer(master, target), head=method == "HEAD")
     if target not in ("/metrics", "/"):
-        return response("404 Not Found", "metrics are at /metrics\n")
+        return response("404 Not Found", "metrics are at /metrics (health at /livez, /readyz)\n")
     return response("200 OK", exposition(master), content_type=CONTENT_TYPE, head=method == "HEAD")
 
 

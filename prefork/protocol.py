@@ -16,7 +16,10 @@ document until the master closes the connection. The answer to ``status``
 
 ``phase`` is ``serving``, ``shutdown delay``, ``draining`` or ``stopping fast``
 (``view.Phase``). ``started`` values are Unix times; ``state`` is one of ``booting``, ``idle``,
-``busy``, ``stopping``. An unknown request is answered ``{"error": "..."}``.
+``busy``, ``stopping``. The answer to ``stacks`` (``stacks.py``, read by ``prefork dump``) is
+``{"seq": N, "stacks": {"PID": {"seq": n, "stack": "..."}}}``: the latest stack each live
+worker wrote, numbered in the order the master read them. An unknown request is answered
+``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-STATUS = "status"  # the one request
+STATUS = "status"
+STACKS = "stacks"
 MASTER_TITLE = "prefork: master"  # how a client recognises the master named by a pid file
 CONTROL_NAME = "control socket"
 
@@ -48,8 +52,8 @@ def encode(document: dict[str, Any]) -> bytes:
     return json.dumps(document).encode() + b"\n"
 
 
-def decode(data: bytes) -> dict[str, Any]:
-    """The answer to ``status``; ValueError if it is not a JSON object of the schema above.
+def decode(data: bytes, command: str = STATUS) -> dict[str, Any]:
+    """The answer to ``command``; ValueError if it is not a JSON object of its schema above.
 
     The client trusts nothing it reads: whatever listens at the path, every field
     it uses is checked here (finite numbers of a sane size included), so that the
@@ -64,7 +68,7 @@ def decode(data: bytes) -> dict[str, Any]:
         document = json.loads(data, parse_constant=refuse)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    _check(document, ANSWER, "answer")
+    _check(document, ANSWERS[command], "answer")
     return dict(document)
 
 
@@ -79,6 +83,8 @@ STATS = {"connections": int, "restarts": {str: int}, "reloads": int, "reload_fai
 WORKER = {"pid": int, "index": int, "generation": int, "state": str, "requests": int, "started": NUMBER,
           "busy_for": (NUMBER, OPTIONAL), "peer": (str, OPTIONAL), "threads": int, "busy_threads": int}
 ANSWER = {"master": MASTER, "stats": STATS, "workers": [WORKER]}
+STACKS_ANSWER = {"seq": int, "stacks": {str: {"seq": int, "stack": str}}}
+ANSWERS = {STATUS: ANSWER, STACKS: STACKS_ANSWER}
 LARGEST = 2**53  # any count or time the master sends is far below; psutil and the table take it
 
 

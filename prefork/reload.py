@@ -38,16 +38,48 @@ class Generations:
                  notifier: Notifier, tls_context: SSLContext | None = None) -> None:
         self.settings = settings
         self.generation = 1
+        self.newest = 1  # the last generation started: numbers are never reused (a kept one may still serve)
         self.pending: int | None = None
         self.pending_settings: Settings | None = None
         # Each generation's TLS context, loaded once from its settings (start, HUP): workers inherit it.
         self.tls_context: SSLContext | None = tls_context
         self.pending_tls_context: SSLContext | None = None
+        # Rolling reloads that stopped half-way (a boot failed, a newer HUP): their booted workers serve
+        # on beside the serving generation's, until a reload commits.
+        self.kept: frozenset[int] = frozenset()
         self.listeners, self.table, self.stats, self.notifier = listeners, table, stats, notifier
 
     def target(self) -> int:
         """The generation new workers are forked for."""
         return self.pending if self.pending is not None else self.generation
+
+    def rolling(self) -> bool:
+        """Whether the reload under way replaces its workers K at a time."""
+        return self.pending_settings is not None and self.pending_settings.reload_strategy == "rolling"
+
+    def rollout_room(self, view: ServerView) -> int:
+        """Rolling reload: how many more new workers may be forked now. At most K boot at once,
+        and the master never has more than N + K workers (stopping ones included)."""
+        assert self.pending_settings is not None
+        batch = self.pending_settings.reload_batch
+        booting = sum(1 for w in view.workers.values()
+                      if w.generation == self.pending and not w.booted and w.stopping is None)
+        return max(0, min(batch - booting, view.num_workers + batch - len(view.workers)))
+
+    def missing(self, view: ServerView) -> list[int]:
+        """The worker indexes to fork now, for :meth:`target`. The serving generation counts the kept
+        generations' workers as its own; a reload's replaces every index, at most K at a time if rolling."""
+        generation = self.target()
+        if generation != self.pending:
+            return self.table.missing(generation, view.num_workers, self.kept)
+        missing = self.table.missing(generation, view.num_workers)
+        return missing[:self.rollout_room(view)] if self.rolling() else missing
+
+    def retire_replaced(self, graceful_timeout: float) -> None:
+        """Retire the workers whose replacement booted (--max-requests, memory; a rolling reload's)."""
+        self.table.retire_replaced(graceful_timeout, self.kept)
+        if self.pending is not None and self.rolling():
+            self.table.retire_rolled(self.pending, graceful_timeout)
 
     def read(self, view: ServerView, reload_settings: Callable[[], Settings], log_: Log,
              preloaded: bool) -> tuple[Settings, SSLContext | None] | None:
@@ -83,9 +115,10 @@ class Generations:
             log.error("reload refused: %s", exc)
             self.refused(view, str(exc))
             return None
-        self.pending = self.generation + 1 if self.pending is None else self.pending + 1
+        self.pending = self.newest = self.newest + 1
         self.pending_settings, self.pending_tls_context = new, tls_context
-        log.info("reloading: starting generation %d (%d workers)", self.pending, new.workers)
+        rolling = f", rolling {new.reload_batch} at a time" if new.reload_strategy == "rolling" else ""
+        log.info("reloading: starting generation %d (%d workers%s)", self.pending, new.workers, rolling)
         return new
 
     def refused(self, view: ServerView, why: str) -> None:
@@ -99,6 +132,7 @@ class Generations:
         self.generation, self.settings = self.pending, self.pending_settings
         self.tls_context = self.pending_tls_context
         self.pending, self.pending_settings, self.pending_tls_context = None, None, None
+        self.kept = frozenset()
         self.listeners.close_unlisted(self.settings, say=True)
         self.stats.reloads += 1
         retiring = self.table.retire_other_generations(self.generation, self.settings.graceful_timeout)
@@ -113,7 +147,11 @@ class Generations:
             self.stats.reload_failed(why)
         else:
             log.info("generation %d %s", self.pending, why)
-        if self.pending is not None:
+        if self.pending is not None and self.rolling():
+            # The workers it replaced stay replaced (their code booted); the old ones left serve on.
+            self.table.stop_booting(self.pending, self.settings.graceful_timeout)
+            self.kept |= {self.pending}
+        elif self.pending is not None:
             # Gracefully: its booted workers already accept, and may be serving someone.
             self.table.stop_generation(self.pending, self.settings.graceful_timeout)
         if self.pending_settings is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .access import LOOPBACK, Network, network_list
 from .errors import ConfigError
+from .log import LOG_FORMATS
 from .sockets import Address, Owner, parse_address
 from .values import (
     Meta,
@@ -37,6 +38,7 @@ from .values import (
     optional_address,
     optional_text,
     owner,
+    path_list,
     readable_file,
     seconds,
     setting,
@@ -92,6 +94,27 @@ class Settings:
         "with --exec, kill the program running longer than this instead.",
         parse=seconds, metavar="SECONDS", shown_default="30; 0 (no limit) with --exec",
     )
+    reload: bool = setting(
+        False, help="Development: reload (HUP) when a Python file under the app's directory (--chdir, else the "
+        "current one; site-packages excluded) or a --reload-extra-file changes (needs the dev extra: "
+        "watchfiles); not with --preload.", parse=boolean, flag=True, start_only=True,
+    )
+    reload_extra_file: tuple[str, ...] = setting(
+        (), help="With --reload: watch this file too (repeatable).", parse=path_list, metavar="FILE",
+        multiple=True, start_only=True,
+    )
+    reload_strategy: str = setting(
+        "generation", help="HUP: generation (boot all new workers beside the old, then retire the old: 2N at "
+        "the peak) or rolling (replace --reload-batch workers at a time: N + K at most).",
+        parse=choice("generation", "rolling"), metavar="STRATEGY",
+    )
+    reload_batch: int = setting(
+        1, help="Rolling reload: workers replaced at a time (K).", parse=integer(1, 4096), metavar="K",
+    )
+    boot_timeout: float = setting(
+        60.0, help="Kill (and retry) a worker still booting, importing the app, after this long (0 = no limit).",
+        parse=seconds, metavar="SECONDS",
+    )
     max_requests: int = setting(
         0, help="Recycle a worker after it has served this many connections (0 = never).",
         parse=integer(0, 1_000_000_000), metavar="N",
@@ -108,6 +131,10 @@ class Settings:
     log_file: str | None = setting(
         None, help="Log to FILE instead of stderr; reopened on USR1 and HUP (a HUP also switches to a new FILE).",
         parse=optional_text, metavar="FILE",
+    )
+    log_format: str = setting(
+        "text", help="text or json: the master's and workers' log and the --wsgi access log as lines for "
+        "a person, or one JSON object per line.", parse=choice(*LOG_FORMATS), metavar="FORMAT", start_only=True,
     )
     name: str | None = setting(
         None, help="The name shown in process titles (default: the APP string).",
@@ -170,7 +197,8 @@ class Settings:
         parse=integer(1, 1024), metavar="N",
     )
     metrics_bind: Address | None = setting(  # noqa: RUF009 - Address is frozen
-        None, help="Serve Prometheus metrics at http://ADDR/metrics from the master (set at start).",
+        None, help="Serve Prometheus metrics at http://ADDR/metrics and health checks at /livez, /readyz, from the "
+        "master (set at start).",
         parse=optional_address, metavar="ADDR",
     )
     max_workers: int = setting(
@@ -333,6 +361,8 @@ def check_connection_settings(settings: Settings) -> None:
         raise ConfigError("ca_certs: client certificates need TLS (certfile)")
     if settings.verify_client and not settings.ca_certs:
         raise ConfigError("verify_client: needs ca_certs (the CAs that sign client certificates)")
+    if settings.reload and settings.preload:
+        raise ConfigError("reload: cannot be used with preload (the app is imported once, in the master)")
     if settings.max_per_source and settings.threads > 1:
         # The scoreboard shows one connection per worker, which is what the limit counts.
         raise ConfigError("max_per_source: counts one connection per worker; it cannot be used with threads > 1")

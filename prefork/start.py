@@ -102,7 +102,7 @@ def prepare_process(settings: Settings) -> None:
 
 def open_log(settings: Settings) -> Log:
     try:
-        return Log(settings.log_level, settings.log_file)
+        return Log(settings.log_level, settings.log_file, settings.log_format)
     except OSError as exc:
         raise ConfigError(f"log_file: cannot open {settings.log_file!r}: {exc.strerror}") from None
 

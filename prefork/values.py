@@ -134,6 +134,11 @@ def optional_text(value: object) -> str | None:
     return text(value) or None
 
 
+def path_list(value: object) -> tuple[str, ...]:
+    """File names: a TOML list, or comma-separated (environment), or one per option."""
+    return tuple(text(item).strip() for item in _items(value))
+
+
 def log_level(value: object) -> str:
     level = text(value).lower()
     if level not in LOG_LEVELS:

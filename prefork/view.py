@@ -103,6 +103,8 @@ class ServerView(Protocol):
     def replaces(self) -> int | None: ...  # the pid of the master we were started to replace
     @property
     def listener_names(self) -> Sequence[str]: ...
+    @property
+    def stack_report(self) -> dict[str, object]: ...  # the workers' latest stacks (stacks.py), for `prefork dump`
 
 
 # --- the derived facts, one home each ---
@@ -154,3 +156,4 @@ def settings_for(view: ServerView, generation: int) -> Settings:
 def newest_settings(view: ServerView) -> Settings:
     """The settings of the generation being worked towards (the one on trial, if any)."""
     return view.pending_settings or view.settings
+

@@ -31,6 +31,7 @@ from .process import open_fds, set_parent_death_signal
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
 from .sockets import Listener
+from .stacks import DUMP_SIGNAL
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -63,6 +64,7 @@ class WorkerSpec:
     foreign: tuple[Listener, ...]  # listeners that are not ours (closed too)
     server: hooks.Server | None = None  # what the hooks receive as ``server``
     tls_context: SSLContext | None = None  # its generation's, loaded by the master (tls.py)
+    stack_fd: int = -1  # the write end of its stack pipe (stacks.py); -1: faulthandler writes to the log
 
 
 class Worker(AcceptLoops):
@@ -188,16 +190,16 @@ class Worker(AcceptLoops):
         signal.signal(signal.SIGUSR1, self.handle_usr1)
         # Sent to the master; a worker that gets them through its process group ignores them
         # (TTIN/TTOU would otherwise stop the process).
-        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2, signal.SIGWINCH):
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != self.master_pid:  # the master died before prctl took effect
             os._exit(WORKER_EXIT_OK)
         self.log.enter_worker()  # log through the master: never hold the log file (see log.py)
-        self.log.set_role(f"worker {self.index} gen {self.generation}")
+        self.log.set_worker(self.index, self.generation)
         proctitle.set_title(f"worker [{self.settings.proc_name}] #{self.index} gen {self.generation}")
-        faulthandler.enable(file=self.log.stream_fileno(), all_threads=True)
+        self.enable_stacks()
         self.slot.pid = self.pid = os.getpid()  # a process a handler forks has another: see call_handler
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
@@ -369,7 +371,14 @@ class Worker(AcceptLoops):
 
     def reopen(self) -> None:
         self.log.reopen()
-        faulthandler.enable(file=self.log.stream_fileno(), all_threads=True)
+        self.enable_stacks()
+
+    def enable_stacks(self) -> None:
+        """faulthandler: every thread's stack on a crash, SIGABRT (the master's timeouts) and DUMP_SIGNAL
+        (``prefork dump``, after which we carry on), into our stack pipe, which the master reads."""
+        target = self.spec.stack_fd if self.spec.stack_fd >= 0 else self.log.stream_fileno()
+        faulthandler.enable(file=target, all_threads=True)
+        faulthandler.register(DUMP_SIGNAL, file=target, all_threads=True, chain=False)
 
     # --- signal handlers: record, and raise only to leave an idle wait ---
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .log import Log
     from .peer import Handler
     from .settings import Settings
+    from .stacks import Stacks
 
 log = logging.getLogger("prefork")
 
@@ -56,6 +57,7 @@ class ForkWith:
     events_fd: int  # the write end of the event pipe
     own_fds: Callable[[], tuple[int, ...]]  # the master's descriptors, closed first thing in the child
     blocked: tuple[int, ...]  # the master's signals, blocked across fork
+    stacks: Stacks  # the workers' stack pipes (faulthandler), read by the master
 
 
 class WorkerTable:
@@ -90,17 +92,25 @@ class WorkerTable:
             make_nonblocking(listeners)  # threads and kept connections wait in epoll, never in a blocking accept()
         slots[record.slot].in_epoll = in_epoll
         hooks.run("pre_fork", settings, base.server, hooks.WorkerInfo.of(record))
+        stack_read, stack_write = base.stacks.new_pipe()
         spec = WorkerSpec(
             settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
             index=index, generation=generation, master_pid=base.master_pid, events_fd=base.events_fd,
             log=base.log, handler=base.handler, server=base.server, tls_context=tls_context,
-            close_fds=base.own_fds(), foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
-        self.fork(record, partial(run_worker, spec), base.blocked, freeze=base.handler is not None)
+            close_fds=(*base.own_fds(), stack_read), stack_fd=stack_write,
+            foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
+        try:
+            self.fork(record, partial(run_worker, spec), base.blocked, freeze=base.handler is not None)
+        except OSError:
+            os.close(stack_read)
+            raise
+        finally:
+            os.close(stack_write)
+        base.stacks.watch(stack_read, record)
 
-    def spawn_missing(self, generation: int, count: int, boot: BootPolicy, settings: Settings,
+    def spawn_missing(self, generation: int, missing: list[int], boot: BootPolicy, settings: Settings,
                       tls_context: SSLContext | None, base: ForkWith) -> None:
-        """Fork the workers ``generation`` lacks below ``count``, unless the boot back-off says wait."""
-        missing = self.missing(generation, count)
+        """Fork the workers ``missing`` names for ``generation``, unless the boot back-off says wait."""
         if not missing or not boot.may_spawn(time.monotonic()):
             return
         for index in missing:
@@ -139,10 +149,11 @@ class WorkerTable:
         self.workers[pid] = record
         log.debug("spawned worker %d gen %d (pid %d)", record.index, record.generation, pid)
 
-    def reap(self) -> Iterator[tuple[WorkerProcess, int]]:
-        """Every worker that exited, with its waitpid status; out of the table, its slot released.
+    def reap(self) -> Iterator[tuple[int, int, WorkerProcess | None]]:
+        """Every child that exited: pid, waitpid status and the worker (out of the table, its slot released).
 
-        Workers are the master's only children: a binary upgrade's new master is not one (upgrade.py)."""
+        Workers are the master's only children but --reload's watcher (devreload.py; worker None):
+        a binary upgrade's new master is not one (upgrade.py)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -152,12 +163,13 @@ class WorkerTable:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
+                yield pid, status, None
                 continue
             self.stats.worker_gone(self.scoreboard.slots[worker.slot])
             worker.exit_status = status
             self.log_exit(worker, status)  # reads the slot: was it serving someone?
             self.scoreboard.release(worker.slot)
-            yield worker, status
+            yield pid, status, worker
 
     def log_exit(self, worker: WorkerProcess, status: int) -> None:
         """Say how a worker left; one that died while serving counts as a restart (a boot failure is the
@@ -172,10 +184,11 @@ class WorkerTable:
             log.warning("%s died (%s); replacing it", worker.describe(), why)
             self.stats.restart(RESTART_DIED)
 
-    def missing(self, generation: int, count: int) -> list[int]:
-        """Worker indexes of ``generation`` below ``count`` that have no worker (nor one booting)."""
+    def missing(self, generation: int, count: int, kept: frozenset[int] = frozenset()) -> list[int]:
+        """Worker indexes of ``generation`` below ``count`` that have no worker (nor one booting), where
+        the workers of the generations ``kept`` (a rolling reload stopped half-way) count too."""
         have = {w.index for w in self.workers.values()
-                if w.generation == generation and w.stopping is None and not w.replace}
+                if (w.generation == generation or w.generation in kept) and w.stopping is None and not w.replace}
         return [index for index in range(count) if index not in have]
 
     def event(self, pid: int, event: int) -> WorkerProcess | None:
@@ -224,6 +237,21 @@ class WorkerTable:
             self.stop(worker, Stop.GRACEFUL, graceful_timeout)
         return len(retiring)
 
+    def retire_rolled(self, generation: int, graceful_timeout: float) -> None:
+        """Rolling reload: stop each worker whose index has a booted worker of ``generation`` now."""
+        booted = {w.index for w in self.workers.values()
+                  if w.generation == generation and w.booted and w.stopping is None}
+        for worker in list(self.workers.values()):
+            if worker.generation != generation and worker.index in booted and worker.stopping is None:
+                log.info("rolling reload: %s replaced; retiring it", worker.describe())
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+
+    def stop_booting(self, generation: int, graceful_timeout: float) -> None:
+        """Stop the workers of ``generation`` that have not booted (a rolling reload keeps the booted)."""
+        for worker in list(self.workers.values()):
+            if worker.generation == generation and not worker.booted and worker.stopping is None:
+                self.stop(worker, Stop.GRACEFUL, graceful_timeout)
+
     def retire_surplus(self, count: int, graceful_timeout: float) -> None:
         """After TTOU (or a smaller reload), stop the workers numbered ``count`` and above, gracefully."""
         for worker in list(self.workers.values()):
@@ -231,13 +259,14 @@ class WorkerTable:
                 log.info("retiring %s (fewer workers wanted)", worker.describe())
                 self.stop(worker, Stop.GRACEFUL, graceful_timeout)
 
-    def retire_replaced(self, graceful_timeout: float) -> None:
-        """Stop workers marked for replacement once their successor has booted."""
+    def retire_replaced(self, graceful_timeout: float, kept: frozenset[int] = frozenset()) -> None:
+        """Stop workers marked for replacement once their successor has booted (of their generation; for a
+        worker kept from a stopped rolling reload, of whichever generation replaced it)."""
         for worker in list(self.workers.values()):
             if not worker.replace or worker.stopping is not None:
                 continue
-            if any(w.index == worker.index and w.generation == worker.generation and w.booted
-                   and not w.replace and w.stopping is None for w in self.workers.values()):
+            if any(w.index == worker.index and (w.generation == worker.generation or worker.generation in kept)
+                   and w.booted and not w.replace and w.stopping is None for w in self.workers.values()):
                 log.info("replacement for %s booted; retiring it", worker.describe())
                 self.stop(worker, Stop.GRACEFUL, graceful_timeout)
 
@@ -274,8 +303,8 @@ class WorkerTable:
 
     # --- --timeout and --max-worker-memory ---
 
-    def check(self, timeout: float, memory_limit_mb: int) -> None:
-        """Kill stuck workers and workers that never finish booting; recycle memory hogs."""
+    def check(self, timeout: float, boot_timeout: float, memory_limit_mb: int) -> None:
+        """Kill stuck workers and workers that never finish booting (--boot-timeout); recycle memory hogs."""
         now = time.monotonic()
         for worker in list(self.workers.values()):
             if worker.stopping is Stop.KILL:
@@ -286,8 +315,9 @@ class WorkerTable:
                           worker.describe(), now - slot.busy_since, slot.peer_text)
                 self.stats.restart(RESTART_TIMEOUT)
                 self.abort(worker)
-            elif timeout and not worker.booted and now - worker.started > timeout:
-                log.error("%s did not boot within %gs; killing it", worker.describe(), timeout)
+            elif boot_timeout and not worker.booted and now - worker.started > boot_timeout:
+                log.error("%s did not boot within %gs (--boot-timeout); dumping its stack and killing it",
+                          worker.describe(), boot_timeout)
                 self.abort(worker)
         if memory_limit_mb and now >= self.next_memory_check:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL
@@ -315,11 +345,15 @@ class WorkerTable:
 
     # --- deadlines for the master's selector ---
 
-    def deadlines(self, now: float, timeout: float, memory_limit_mb: int) -> list[float]:
-        """When the table next needs the master awake: kill deadlines, --timeout, the memory check."""
+    def deadlines(self, now: float, timeout: float, boot_timeout: float, memory_limit_mb: int) -> list[float]:
+        """When the table next needs the master awake: kill deadlines, --timeout, --boot-timeout, memory."""
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.workers and timeout:
             deadlines.append(self.next_stuck_check(now, timeout))
+        booting = [w.started + boot_timeout for w in self.workers.values()
+                   if not w.booted and w.stopping is not Stop.KILL]
+        if booting and boot_timeout:
+            deadlines.append(min(booting) + 0.01)
         if self.workers and memory_limit_mb:
             deadlines.append(self.next_memory_check)
         return deadlines
@@ -336,9 +370,7 @@ class WorkerTable:
             slot = self.scoreboard.slots[worker.slot]
             if worker.stopping is Stop.KILL:
                 continue
-            if not worker.booted:
-                deadline = min(deadline, worker.started + timeout)
-            elif slot.state == BUSY:
+            if worker.booted and slot.state == BUSY:
                 deadline = min(deadline, slot.busy_since + timeout)
         return deadline + 0.01  # just past it, so the check sees the overrun
 

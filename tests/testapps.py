@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -111,3 +113,41 @@ def forks(conn: socket.socket, addr: Any) -> None:
         return  # back into the worker's code: it must leave at once
     _, status = os.waitpid(child, 0)
     conn.sendall(f"{child} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+def slow_boot() -> Any:
+    """A factory that takes $SLOW_BOOT seconds to boot (a slow import; or as many as the file
+    $SLOW_BOOT_FILE says, read at each boot), then serves ``slow`` (an empty request: at once)."""
+    path = os.environ.get("SLOW_BOOT_FILE")
+    with open(path) if path else contextlib.nullcontext(None) as fh:
+        delay = fh.read() if fh else os.environ.get("SLOW_BOOT", "0")
+    time.sleep(float(delay))
+    return slow
+
+
+def spin(conn: socket.socket, addr: Any) -> None:
+    """Read a number of seconds, compute (in Python) that long in ``spin_busily``, answer with our pid."""
+    spin_busily(float(conn.recv(64).decode().strip() or "0"))
+    conn.sendall(f"{os.getpid()}\n".encode())
+
+
+def spin_busily(seconds: float) -> int:
+    deadline, count = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        count += 1
+    return count
+
+
+def budget_boot() -> Any:
+    """A factory that boots while the number in the file $BOOT_BUDGET is above 0 (taking one), else fails;
+    each boot takes $SLOW_BOOT seconds. Serves ``pid``."""
+    with open(os.environ["BOOT_BUDGET"], "r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # workers boot at once: one at a time takes from the budget
+        left = int(fh.read())
+        if left <= 0:
+            raise RuntimeError("boot budget spent, failing on purpose")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(left - 1))
+    time.sleep(float(os.environ.get("SLOW_BOOT", "0")))
+    return pid

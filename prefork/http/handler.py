@@ -94,7 +94,8 @@ class WSGIHandler:
         self.settings = settings
         self.config = HTTPConfig.from_settings(settings)
         self.host: Host = host or Alone()
-        self.access = AccessLog(settings.access_log, settings.access_log_format) if settings.access_log else None
+        self.access = (AccessLog(settings.access_log, settings.access_log_format, settings.log_format == "json")
+                       if settings.access_log else None)
         self.date_cache: list[Any] = [0, b""]  # [second, Date line]: replaced whole, safe across threads
         self.heads = AppHeads()
         self.header_keys: dict[bytes, str] = {}  # field name -> environ key (environ.add_headers)
