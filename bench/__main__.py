@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fairness, footprint, http_section, plan, recovery, report, startup, stop, throughput
+from . import fairness, footprint, hosts, http_section, plan, recovery, report, startup, stop, throughput
 from .report import Section
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,6 +32,7 @@ SECTIONS: dict[str, Callable[[plan.Plan], Section]] = {
     "http": http_section.run,
     "startup": startup.run,
     "stop": stop.section,
+    "hosts": hosts.section,
 }
 
 
