@@ -14,7 +14,8 @@ from . import __version__, sources
 from . import settings as settings_mod
 from .errors import ConfigError, PreforkError
 from .quickstart import option_decls
-from .start import fail, prepare_process, serve
+from .settings import Settings
+from .start import fail, load_and_serve, prepare_process
 from .values import Meta, app_spec, command_line, seconds
 
 EXAMPLES_HINT = (
@@ -97,20 +98,12 @@ def run(app: tuple[str, ...], exec_flag: bool, **options: Any) -> None:
     With --exec, PROGRAM runs once per connection instead, the socket as its
     stdin and stdout (inetd mode).
     """
-    cli_values = _cli_values(app, options, exec_flag)
-    environ = dict(os.environ)
-    try:
-        settings, _ = sources.load(cli_values, environ)
-        if not settings.app and not settings.exec:
-            raise click.UsageError(EXAMPLES_HINT)
-        # A reload re-reads the same file even after --chdir: its path, made absolute, is pinned.
-        pinned = dict(cli_values, config=settings.config) if settings.config else cli_values
-        status = serve(settings, lambda: sources.load(pinned, environ)[0])
-    except PreforkError as exc:
-        fail(exc, exc.exit_status)
-    except KeyboardInterrupt:
-        status = 0
-    sys.exit(status)
+    load_and_serve(_cli_values(app, options, exec_flag), require_app)
+
+
+def require_app(settings: Settings) -> None:
+    if not settings.app and not settings.exec:
+        raise click.UsageError(EXAMPLES_HINT)
 
 
 @main.command(cls=SettingsCommand)

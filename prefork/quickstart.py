@@ -18,8 +18,7 @@ import os
 import sys
 from typing import Any
 
-from . import sources
-from .errors import ConfigError, PreforkError
+from .errors import ConfigError
 from .settings import declared
 from .values import Meta, app_spec
 
@@ -98,16 +97,6 @@ def run(args: list[str]) -> None:
         sys.exit(1)
     if cli_values is None:
         return
-    from .start import fail, serve
+    from .start import load_and_serve
 
-    environ = dict(os.environ)
-    try:
-        settings, _ = sources.load(cli_values, environ)
-        # A reload re-reads the same file even after --chdir: its path, made absolute, is pinned.
-        pinned = dict(cli_values, config=settings.config) if settings.config else cli_values
-        status = serve(settings, lambda: sources.load(pinned, environ)[0])
-    except PreforkError as exc:
-        fail(exc, exc.exit_status)
-    except KeyboardInterrupt:
-        status = 0
-    sys.exit(status)
+    load_and_serve(cli_values)

@@ -11,14 +11,31 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any, NoReturn
 
-from . import daemon, hooks, privileges
+from . import daemon, hooks, privileges, sources
 from .errors import EXIT_USAGE, ConfigError, PreforkError
 from .importer import add_to_path, load_handler
 from .log import Log
 from .peer import Handler
 from .settings import Settings
 from .upgrade import UPGRADE_VAR
+
+
+def load_and_serve(cli_values: dict[str, Any], check: Callable[[Settings], None] = lambda settings: None) -> NoReturn:
+    """Build the settings from the command line's values (and file and environment), serve, exit."""
+    environ = dict(os.environ)
+    try:
+        settings, _ = sources.load(cli_values, environ)
+        check(settings)
+        # A reload re-reads the same file even after --chdir: its path, made absolute, is pinned.
+        pinned = dict(cli_values, config=settings.config) if settings.config else cli_values
+        status = serve(settings, lambda: sources.load(pinned, environ)[0])
+    except PreforkError as exc:
+        fail(exc, exc.exit_status)
+    except KeyboardInterrupt:
+        status = 0
+    sys.exit(status)
 
 
 def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
@@ -107,7 +124,7 @@ def open_log(settings: Settings) -> Log:
         raise ConfigError(f"log_file: cannot open {settings.log_file!r}: {exc.strerror}") from None
 
 
-def fail(exc: BaseException, status: int) -> None:
+def fail(exc: BaseException, status: int) -> NoReturn:
     """One line on stderr, the traceback only when it explains the cause."""
     if getattr(exc, "show_traceback", False) and exc.__cause__ is not None:
         import traceback
