@@ -147,15 +147,9 @@ class HTTPConnection:
         if self.tls:
             return True if wait_readable(self.sock, 0) else None
         try:
-            data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            return self.receive(socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
-        except ConnectionError:
-            return False
-        if not data:
-            return False
-        self.reader.feed(data)
-        return True
 
     def resume(self) -> bool:
         """Answer every request whose bytes are here (or on their way); True: wait for the client's next."""
@@ -173,14 +167,9 @@ class HTTPConnection:
         """Wait (at most --keepalive, else 5 s) for the first request's bytes; usually already here."""
         if not self.tls:
             try:
-                data = self.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                return self.receive(socket.MSG_DONTWAIT)
             except BlockingIOError:
-                pass
-            except ConnectionError:
-                return False
-            else:
-                self.reader.feed(data)
-                return bool(data)
+                pass  # nothing yet: wait below
         return wait_readable(self.sock, self.handler.config.keepalive or 5.0)
 
     def next_request(self) -> Request | None:
@@ -200,10 +189,11 @@ class HTTPConnection:
                 return None
         return reader.queue[0]
 
-    def receive(self) -> bool:
-        """One recv() into the parser; False when the client closed (or reset) the connection."""
+    def receive(self, flags: int = 0) -> bool:
+        """One recv() into the parser; False when the client closed (or reset) the connection.
+        With MSG_DONTWAIT, BlockingIOError when nothing has come yet."""
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.sock.recv(RECV_SIZE, flags)
         except ConnectionError:
             return False
         if not data:
