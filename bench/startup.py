@@ -10,6 +10,7 @@ gunicorn. ``prefork --version`` is timed beside the bare interpreter
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -30,6 +31,10 @@ VERSION_GOAL_MS = 80.0
 def run(plan: Plan) -> Section:
     trials = 2 if plan.smoke else 9
     section = Section("Startup")
+    absent = [name for name in ("gunicorn", "httptools") if importlib.util.find_spec(name) is None]
+    if absent:  # the peer and the HTTP parser come with the bench extra, not with the test extra
+        section.skipped = "needs " + ", ".join(absent) + " (pip install '.[bench]')"
+        return section
     samples: dict[str, list[float]] = {"prefork": [], "gunicorn": []}
     for trial in range(trials):
         order = ["prefork", "gunicorn"] if trial % 2 == 0 else ["gunicorn", "prefork"]  # ABBA
