@@ -54,9 +54,13 @@ class SettingsCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as exc:
-            if exc.option_name in GUNICORN_EQUIVALENTS:
-                exc.possibilities = [GUNICORN_EQUIVALENTS[exc.option_name]]
-            raise
+            if exc.option_name not in GUNICORN_EQUIVALENTS:
+                raise
+            # A new error with its own message, in click's words: click 8.5 makes ``possibilities``
+            # final, and its constructor keeps only spellings close to the option's.
+            equivalent = GUNICORN_EQUIVALENTS[exc.option_name]
+            raise click.NoSuchOption(exc.option_name, f"No such option {exc.option_name!r}. Did you mean "
+                                     f"{equivalent!r}?", ctx=exc.ctx) from None
 
 
 def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
