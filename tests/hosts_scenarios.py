@@ -244,7 +244,7 @@ def drain(cluster: Cluster, load: Load, name: str = "h2") -> dict[str, Any]:
     load.window()
     started = time.monotonic()
     pid = host.signal(signal.SIGTERM)
-    left_pool = stopped_accepting = None
+    left_pool = stopped_accepting = last_accepting = None
     phases: list[tuple[str, float]] = []
     readyz: list[tuple[str, int]] = []  # (phase, /readyz status) at each look
     while alive(pid) and time.monotonic() - started < 60:
@@ -255,14 +255,21 @@ def drain(cluster: Cluster, load: Load, name: str = "h2") -> dict[str, Any]:
         if not phases or phases[-1][0] != phase:
             phases.append((phase, round(now, 3)))
         readyz.append((phase, host.metrics("/readyz")[0]))
-        if stopped_accepting is None and phase not in ("serving", "shutdown delay"):
+        if phase in ("serving", "shutdown delay"):
+            last_accepting = now
+        elif stopped_accepting is None:
             stopped_accepting = now
         time.sleep(0.05)
     host.wait_gone(pid, 10)
     stopped = time.monotonic() - started
+    if stopped_accepting is None:
+        # With nothing in flight the graceful stop can end between two looks (each takes
+        # a few HTTP round trips): the listener was closed by the time the master was gone.
+        stopped_accepting = stopped
     rejoined = rejoin(cluster, load, host)
     figures = result(load.window(), started)
-    figures.update(left_pool_after=left_pool, stopped_accepting_after=stopped_accepting, exited_after=stopped,
+    figures.update(left_pool_after=left_pool, last_seen_accepting_after=last_accepting,
+                   stopped_accepting_after=stopped_accepting, exited_after=stopped,
                    phases=phases, readyz=readyz, **rejoined)
     return figures
 
