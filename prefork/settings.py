@@ -39,6 +39,7 @@ from .values import (
     optional_text,
     owner,
     path_list,
+    positive_seconds,
     readable_file,
     seconds,
     setting,
@@ -253,7 +254,7 @@ class Settings:
     )
     handshake_timeout: float = setting(
         10.0, help="Seconds from accept() for the PROXY header and TLS handshake to complete.",
-        parse=seconds, metavar="SECONDS",
+        parse=positive_seconds, metavar="SECONDS",
     )
     idle_timeout: float = setting(
         0.0, help="Socket timeout of the handler's connection: recv/send fail after this long idle (0 = off).",

@@ -69,7 +69,7 @@ class Number:
     ``--help`` show :attr:`bounds`.
     """
 
-    minimum: int
+    minimum: int | float  # a float only for a duration that must not be 0 (--handshake-timeout)
     maximum: int
     unit: str = ""  # "seconds" for a duration (a float); "" for a count (an int)
 
@@ -111,6 +111,8 @@ def integer(minimum: int, maximum: int) -> Number:
 
 
 seconds = Number(0, DAY, "seconds")
+# A deadline that cannot be "off": 0 would close every connection before its PROXY header or TLS handshake.
+positive_seconds = Number(0.1, DAY, "seconds")
 
 
 def boolean(value: object) -> bool:

@@ -108,6 +108,8 @@ def _error(tmp_path: Path, text: str | bytes) -> str:
     ('bind = "nonsense"\n', ", line 1: bind: 'nonsense' is not a bind address (expected HOST:PORT"),
     ('bind = ["127.0.0.1:99999"]\n', ", line 1: bind: '127.0.0.1:99999' has no valid port"),
     ("graceful_timeout = -1\n", ", line 1: graceful_timeout: -1 is too small (expected seconds from 0 to 86400)"),
+    # 0 would close every connection before its PROXY header or TLS handshake: not "off".
+    ("handshake_timeout = 0\n", ", line 1: handshake_timeout: 0 is too small (expected seconds from 0.1 to 86400)"),
     ('log_level = "loud"\n', ", line 1: log_level: 'loud' is not a log level"),
     ('umask = "8"\n', ", line 1: umask: '8' is not an octal umask"),
     ('user = "no-such-user-here"\n', ", line 1: user: 'no-such-user-here' is not a user on this system"),

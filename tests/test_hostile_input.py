@@ -182,6 +182,8 @@ def test_bind_colon_port_is_every_ipv4_interface() -> None:
                                       "86400)"),
     (["run", "--timeout", "3000000"], {}, "'--timeout': 3000000 is too large"),
     (["check", "--idle-timeout", "inf"], {}, "'--idle-timeout': inf is too large"),
+    (["check", "--proxy-protocol", "--handshake-timeout", "0"], {}, "'--handshake-timeout': 0 is too small "
+                                                                   "(expected seconds from 0.1 to 86400)"),
     (["run", "--wsgi", "--keepalive", "inf"], {}, "'--keepalive': inf is too large"),
     (["run"], {"PREFORK_GRACEFUL_TIMEOUT": "inf"}, "environment variable PREFORK_GRACEFUL_TIMEOUT: graceful_timeout: "
                                                    "inf is too large"),
