@@ -122,6 +122,9 @@ def env_var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+_ignored_variables: set[str] = set()  # warned about once: each reload reads the environment again
+
+
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Setting values from ``PREFORK_<NAME>`` variables.
 
@@ -135,7 +138,10 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = var[len(ENV_PREFIX) :].lower()
         if key not in Settings.__dataclass_fields__ and _closest(key) is None:
-            logging.getLogger("prefork").warning("ignoring the environment variable %s: no setting is named so", var)
+            if var not in _ignored_variables:
+                _ignored_variables.add(var)
+                logging.getLogger("prefork").warning("ignoring the environment variable %s: no setting is named so",
+                                                     var)
             continue
         if key not in Settings.__dataclass_fields__:
             raise _unknown(key, "environment", spell=env_var)

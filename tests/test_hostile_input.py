@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import click
 import pytest
-from conftest import ROOT, TESTS, Server, free_port
+from conftest import ROOT, TESTS, Server, free_port, wait_for
 
 from prefork import cli, settings, sources
 from prefork.errors import ConfigError
@@ -153,6 +154,7 @@ def test_toml_python_cannot_hold_is_one_line(tmp_path: Path, text: str, expected
 
 
 def test_an_unrelated_prefork_variable_is_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    sources._ignored_variables.discard("PREFORK_HOME")  # warned once per process: another test may have
     with caplog.at_level(logging.WARNING, logger="prefork"):
         loaded, _ = sources.load({}, {"PREFORK_HOME": "/x", "PREFORK_WORKERS": "3"})
     assert loaded.workers == 3
@@ -235,7 +237,13 @@ def test_control_timeout_is_bounded_like_the_settings(tmp_path: Path, command: l
 def test_prefork_home_in_the_environment_is_ignored_and_the_server_serves(server: Server) -> None:
     server.start(env={"PREFORK_HOME": "/x"}).wait_ready(2)
     assert server.ask_pid() in server.worker_pids()
-    assert "ignoring the environment variable PREFORK_HOME: no setting is named so" in server.log()
+    warning = "ignoring the environment variable PREFORK_HOME: no setting is named so"
+    assert warning in server.log()
+    # A reload reads the environment again: the same variable is not news to the operator.
+    for generation in (2, 3):
+        server.signal(signal.SIGHUP)
+        wait_for(lambda g=generation: f"reload done: generation {g}" in server.log(), what=f"generation {generation}")
+    assert server.log().count(warning) == 1, server.log()
 
 
 def test_a_misspelt_prefork_variable_exits_2_with_the_suggestion(tmp_path: Path) -> None:
