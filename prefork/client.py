@@ -240,7 +240,8 @@ def dump(pidfile: str, index: int | None, timeout: float) -> str:
     """Make the serving generation's workers (or worker ``index``) write their stacks; return them.
 
     The stacks come through the master (which also logs them): its ``stacks`` answer is
-    polled until each worker signalled has written one since."""
+    polled until each worker signalled has written one since, or has exited (said in its
+    place; a ControlError when every one did)."""
     from .stacks import DUMP_SIGNAL
 
     report = query(pidfile)
@@ -257,12 +258,21 @@ def dump(pidfile: str, index: int | None, timeout: float) -> str:
         except ProcessLookupError:
             pass  # gone since: nothing to wait for below but the others
 
-    def written() -> dict[int, str] | None:
+    def written() -> tuple[dict[int, str], list[dict[str, Any]]] | None:
         stacks = query(pidfile, command=protocol.STACKS)["stacks"]
         fresh = {w["pid"]: stacks[str(w["pid"])]["stack"] for w in targets
                  if stacks.get(str(w["pid"]), {}).get("seq", 0) > before}
-        return fresh if len(fresh) == len(targets) else None
+        # A worker that exited (killed, retired, crashed) before its handler ran will never write.
+        alive = {w["pid"] for w in query(pidfile)["workers"]}
+        gone = [w for w in targets if w["pid"] not in fresh and w["pid"] not in alive]
+        return (fresh, gone) if len(fresh) + len(gone) == len(targets) else None
 
-    fresh = wait_until(written, timeout, "the workers' stacks")
-    return "\n".join(f"worker {w['index']} gen {w['generation']} (pid {w['pid']}):\n{fresh[w['pid']].rstrip()}\n"
-                     for w in targets if w["pid"] in fresh)
+    fresh, gone = wait_until(written, timeout, "the workers' stacks")
+    if not fresh:
+        raise ControlError("; ".join(f"{_worker_name(w)} exited before its stack was fetched" for w in gone))
+    return "\n".join(f"{_worker_name(w)}:\n{fresh[w['pid']].rstrip()}\n" if w["pid"] in fresh
+                     else f"{_worker_name(w)}: exited before its stack was fetched\n" for w in targets)
+
+
+def _worker_name(worker: dict[str, Any]) -> str:
+    return f"worker {worker['index']} gen {worker['generation']} (pid {worker['pid']})"

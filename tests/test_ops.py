@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import Server, free_port, request, wait_for
+from conftest import ROOT, TESTS, Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
 from pidfile_helpers import read_pid
 
@@ -213,6 +214,35 @@ def test_dump_prints_the_stack_of_a_busy_worker_and_stops_nothing(server: Server
     assert "Python stack" in server.log() and "in spin_busily" in server.log()
     missing = prefork("dump", "--pid", str(pidfile), "--worker", "7")
     assert missing.returncode == 6 and missing.stderr.strip().endswith("no serving worker 7 of generation 1 to dump")
+
+
+def pending_signals(pid: int) -> int:
+    """The signals pending for the process (ShdPnd of /proc/PID/status), as a bit mask."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def test_dump_of_a_worker_that_exits_before_writing_ends_at_once(server: Server, tmp_path: Path) -> None:
+    """A worker that exits with the dump signal still pending: the dump says so instead of waiting its timeout."""
+    pidfile = tmp_path / "web.pid"
+    server.start("--pid", str(pidfile), app="deafapps:pid", workers=1).wait_ready(1)
+    (worker,) = server.worker_pids()
+    started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFORK_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
+    dump = subprocess.Popen([sys.executable, "-m", "prefork", "dump", "--pid", str(pidfile), "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: pending_signals(worker) & (1 << (signal.SIGUSR2 - 1)), 30, what="the dump signal pending")
+        os.kill(worker, signal.SIGKILL)
+        out, err = dump.communicate(timeout=30)
+    finally:
+        dump.kill()
+    assert time.monotonic() - started < 60  # it did not wait out its --timeout
+    assert dump.returncode == 6, (out, err)
+    assert f"worker 0 gen 1 (pid {worker}) exited before its stack was fetched" in err, (out, err)
 
 
 def http_get(server: Server, target: str, agent: str = "test") -> bytes:
