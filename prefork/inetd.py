@@ -11,6 +11,8 @@ systemd's ``Accept=yes`` do, the worker:
   names and systemd's (tcpenviron.py);
 - spawns the program with the connection as fd 0 and 1 in blocking mode, fd 2
   the log (or the connection, ``--exec-stderr conn``) and no other descriptor;
+  with ``--log-format json`` fd 2 is a pipe the worker reads, each line a record
+  (:class:`StderrLines`), so that every line of the log stays one JSON object;
   in its own session and process group, with a parent-death signal, so it
   dies with its worker; as the worker's user (privileges are already dropped);
 - with TLS, relays between the TLS connection and a socketpair whose other end
@@ -53,7 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork")
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL to a program's process group
-FLUSH_LIMIT = 30.0  # seconds to pass on what a program wrote before it exited (TLS relay)
+FLUSH_LIMIT = 30.0  # seconds to pass on what a program wrote before it exited (TLS relay, stderr lines)
+LINE_LIMIT = 8192  # bytes of a program's stderr line in one record; a longer one is cut into several
 PR_SET_PDEATHSIG = 1
 # The worker ignores these (they are meant for the master); ignored signals survive exec.
 WORKER_IGNORED = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2, signal.SIGWINCH)
@@ -137,24 +140,33 @@ class ProgramRunner:
 
             ours, child_end = socket.socketpair()
             relay = Relay(tls, ours)
+        lines = StderrLines(self.name) if self.wants_stderr_lines() else None
         with self.signals_watched():
             try:
-                self.running = self.spawn(child_end, env)
+                self.running = self.spawn(child_end, env, lines)
             except OSError as exc:
                 log.error("cannot run program %s for %s: %s", self.argv[0], peer, exc.strerror or exc)
                 self.worker.slot.program_failures += 1
                 if relay is not None:
                     relay.close()
                     child_end.close()
+                if lines is not None:
+                    lines.close()
                 return
             # The program holds the connection now: our copy would keep it open after the program closes it.
             child_end.close()
+            if lines is not None:
+                lines.started(self.running.pid)
             self.worker.slot.program_group = self.running.pid  # the master kills it with us if it must
             log.debug("program %s (pid %d) started for %s", self.name, self.running.pid, peer)
             try:
-                Supervision(self, self.running, peer, relay).run()
+                Supervision(self, self.running, peer, relay, lines).run()
             finally:
                 self.running = None
+
+    def wants_stderr_lines(self) -> bool:
+        """JSON logs: the program's raw stderr would break one-object-per-line; read it as lines instead."""
+        return self.settings.exec_stderr == "log" and self.settings.log_format == "json"
 
     @contextlib.contextmanager
     def signals_watched(self) -> Iterator[None]:
@@ -174,10 +186,13 @@ class ProgramRunner:
             kill_group(self.running.pid, signal.SIGKILL)
         self.worker.handle_quit(signum, frame)
 
-    def spawn(self, conn: socket.socket, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def spawn(self, conn: socket.socket, env: dict[str, str], lines: StderrLines | None) -> subprocess.Popen[bytes]:
         conn.setblocking(True)  # the program expects a blocking descriptor (O_NONBLOCK is shared)
         fd = conn.fileno()
-        stderr = fd if self.settings.exec_stderr == "conn" else self.worker.log.stream_fileno()
+        if lines is not None:
+            stderr = lines.write_fd
+        else:
+            stderr = fd if self.settings.exec_stderr == "conn" else self.worker.log.stream_fileno()
         return subprocess.Popen(
             self.argv, stdin=fd, stdout=fd, stderr=stderr, close_fds=True, env=env,
             start_new_session=True, preexec_fn=self.in_child(os.getpid()),
@@ -200,13 +215,15 @@ class ProgramRunner:
 class Supervision:
     """One program's run: wait for it (and relay TLS), enforce --timeout and a stop's grace, report."""
 
-    def __init__(self, runner: ProgramRunner, proc: subprocess.Popen[bytes], peer: str, relay: Relay | None) -> None:
+    def __init__(self, runner: ProgramRunner, proc: subprocess.Popen[bytes], peer: str, relay: Relay | None,
+                 lines: StderrLines | None) -> None:
         self.runner = runner
         self.settings = runner.settings
         self.worker = runner.worker
         self.proc = proc
         self.peer = peer
         self.relay = relay
+        self.lines = lines
         self.started = time.monotonic()
         self.exited_at: float | None = None
         self.status: int | None = None
@@ -230,14 +247,19 @@ class Supervision:
                 self.status = self.proc.wait()
             if self.relay is not None:
                 self.relay.close()
+            if self.lines is not None:
+                self.lines.close()
         self.report()
+
+    def passed_on(self) -> bool:
+        """Whether what the program wrote before it exited has been relayed and logged."""
+        return (self.relay is None or self.relay.done) and (self.lines is None or self.lines.ended)
 
     def supervise(self, pidfd: int) -> None:
         while True:
             now = time.monotonic()
             self.act_on_deadlines(now)
-            if self.exited_at is not None and (self.relay is None or self.relay.done
-                                               or now >= self.exited_at + FLUSH_LIMIT):
+            if self.exited_at is not None and (self.passed_on() or now >= self.exited_at + FLUSH_LIMIT):
                 return
             poller = select.poll()
             poller.register(self.runner.wake_r, select.POLLIN)
@@ -245,6 +267,8 @@ class Supervision:
                 poller.register(pidfd, select.POLLIN)
             if self.relay is not None:
                 self.relay.register(poller)
+            if self.lines is not None and not self.lines.ended:
+                poller.register(self.lines.read_fd, select.POLLIN)
             timeout = self.next_deadline(now)
             ready = {fd for fd, _ in poller.poll(None if timeout is None else max(0.0, timeout - now) * 1000)}
             if self.runner.wake_r in ready:
@@ -253,6 +277,8 @@ class Supervision:
                 self.reap()
             if self.relay is not None:
                 self.relay.pump()
+            if self.lines is not None and self.lines.read_fd in ready:
+                self.lines.pump()
 
     def act_on_deadlines(self, now: float) -> None:
         if not self.worker.alive and not self.stop_seen and self.exited_at is None:
@@ -309,6 +335,59 @@ class Supervision:
         how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         log.debug("program %s (pid %d) for %s: %s after %.3fs", self.runner.name, self.proc.pid, self.peer,
                   how, took)
+
+
+class StderrLines:
+    """A program's stderr as a pipe the worker reads: each line logged as one record naming the program.
+
+    The pipe's end (rather than the program's exit) ends it: what a program's
+    children still hold is read until they close it, or for FLUSH_LIMIT.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pid = 0
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+        self.partial = b""
+        self.ended = False
+
+    def started(self, pid: int) -> None:
+        """The program holds the write end now: ours would keep the pipe from ever ending."""
+        self.pid = pid
+        os.close(self.write_fd)
+        self.write_fd = -1
+
+    def pump(self) -> None:
+        for _ in range(16):  # bounded: a program that never stops writing must not keep us from its deadlines
+            if self.ended:
+                return
+            try:
+                data = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self.ended = True
+            *whole, self.partial = (self.partial + data).split(b"\n")
+            for line in whole:
+                self.emit(line)
+            while len(self.partial) >= LINE_LIMIT:
+                self.emit(self.partial[:LINE_LIMIT])
+                self.partial = self.partial[LINE_LIMIT:]
+
+    def emit(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        log.info("program %s (pid %d): %s", self.name, self.pid, text)
+
+    def close(self) -> None:
+        if self.partial:  # a last line without its newline
+            self.emit(self.partial)
+            self.partial = b""
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.read_fd = self.write_fd = -1
+        self.ended = True
 
 
 def kill_group(pgid: int, sig: int) -> None:

@@ -203,6 +203,21 @@ def test_stderr_reaches_the_log_file_through_the_masters_pipe(server: Server, tm
     wait_for(lambda: "into-the-file" in log_file.read_text(), what="the program's stderr in the log file")
 
 
+def test_stderr_with_json_logs_is_one_record_per_line(server: Server, tmp_path: Path) -> None:
+    """--log-format json promises one JSON object per log line: a program's stderr lines become records."""
+    log_file = tmp_path / "server.log"
+    script = "echo out; printf 'first line\\nsecond \"quoted\"\\nno newline at the end' >&2"
+    server.start("--log-format", "json", "--log-file", str(log_file), *exec_args("sh", "-c", script), app=None)
+    wait_for(lambda: log_file.exists() and "booted" in log_file.read_text(), 30, what="boot")
+    assert server.ask() == b"out\n"
+    # (The command line, in the master's first lines, holds the same words: wait for the program's records.)
+    wait_for(lambda: log_file.read_text().count('"message": "program sh (pid ') == 3, what="the program's stderr")
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]  # every line, or this raises
+    said = [r for r in records if r["message"].startswith("program sh (pid ")]
+    assert [r["message"].split(": ", 1)[1] for r in said] == ["first line", 'second "quoted"', "no newline at the end"]
+    assert all(r["role"] == "worker" and r["level"] == "info" for r in said), said
+
+
 # --- TLS terminated by prefork in front of a plain program ---
 
 
