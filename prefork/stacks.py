@@ -3,11 +3,13 @@
 A worker's stack is written by faulthandler from a signal handler (so it comes
 even when the worker is stuck in C code): on SIGABRT (``--timeout``,
 ``--boot-timeout``), on a crash, and on :data:`DUMP_SIGNAL` (``prefork dump``,
-which stops nothing). The master gathers the bytes in its loop and, once the
-pipe has been quiet for :data:`QUIET` seconds or the worker has exited, logs
-the stack as one record with a ``stack`` field (one JSON object with
-``--log-format json``), and keeps the latest stack of each live worker for
-``prefork dump`` to fetch.
+which stops nothing). faulthandler's writes carry no end; after a dump the
+worker's own Python handler adds :data:`STACK_END` as soon as it runs (the next
+bytecode: at once, unless the worker is stuck in C). The master gathers the
+bytes in its loop and, at that mark, once the pipe has been quiet for
+:data:`QUIET` seconds, or once the worker has exited, logs the stack as one
+record with a ``stack`` field (one JSON object with ``--log-format json``), and
+keeps the latest stack of each live worker for ``prefork dump`` to fetch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from .view import Stop, WorkerProcess
 log = logging.getLogger("prefork")
 
 DUMP_SIGNAL = signal.SIGUSR2  # to a worker: write every thread's stack, carry on (the master's USR2 upgrades)
-QUIET = 0.2  # seconds without more bytes that end a stack written by a worker that lives on
+# Seconds without more bytes that end a stack with no STACK_END (a worker stuck in C): long enough that a
+# worker the scheduler leaves waiting midway through faulthandler's many small writes is not cut in two.
+QUIET = 1.0
+STACK_END = b"\0"  # written by a worker after faulthandler's dump (never in faulthandler's text)
 READ_SIZE = 65536
 
 
@@ -78,7 +83,11 @@ class Stacks:
         except OSError:
             data = b""
         if data:
-            pipe.data += data
+            *complete, rest = data.split(STACK_END)
+            for part in complete:
+                pipe.data += part
+                self.flush(pipe)
+            pipe.data += rest
             pipe.last_read = time.monotonic()
             return
         self.selector.unregister(pipe.fd)  # EOF: the worker has exited

@@ -31,7 +31,7 @@ from .process import open_fds, set_parent_death_signal
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
 from .sockets import Listener
-from .stacks import DUMP_SIGNAL
+from .stacks import DUMP_SIGNAL, STACK_END
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -378,7 +378,19 @@ class Worker(AcceptLoops):
         (``prefork dump``, after which we carry on), into our stack pipe, which the master reads."""
         target = self.spec.stack_fd if self.spec.stack_fd >= 0 else self.log.stream_fileno()
         faulthandler.enable(file=target, all_threads=True)
-        faulthandler.register(DUMP_SIGNAL, file=target, all_threads=True, chain=False)
+        # chain=True: faulthandler's C handler writes the stacks, then calls the one it replaced, ours,
+        # which marks their end (stacks.STACK_END) when Python runs next. Unregistered first: a second
+        # register (USR1 reopens) would keep the handler it saved the first time.
+        faulthandler.unregister(DUMP_SIGNAL)
+        signal.signal(DUMP_SIGNAL, self.mark_stack_end)
+        faulthandler.register(DUMP_SIGNAL, file=target, all_threads=True, chain=True)
+
+    def mark_stack_end(self, signum: int, frame: Any) -> None:
+        if self.spec.stack_fd >= 0:
+            try:
+                os.write(self.spec.stack_fd, STACK_END)
+            except OSError:  # the master is gone or not reading: the stack ends by QUIET or EOF
+                pass
 
     # --- signal handlers: record, and raise only to leave an idle wait ---
 

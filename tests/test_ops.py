@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -214,6 +215,38 @@ def test_dump_prints_the_stack_of_a_busy_worker_and_stops_nothing(server: Server
     assert "Python stack" in server.log() and "in spin_busily" in server.log()
     missing = prefork("dump", "--pid", str(pidfile), "--worker", "7")
     assert missing.returncode == 6 and missing.stderr.strip().endswith("no serving worker 7 of generation 1 to dump")
+
+
+def test_a_stack_ends_at_the_workers_mark_not_at_a_pause(caplog: pytest.LogCaptureFixture) -> None:
+    """The master's side of a stack pipe: a worker descheduled midway through faulthandler's writes
+    (longer than a scheduler slice, shorter than QUIET) still gives one record, ended by its mark."""
+    import selectors
+
+    from prefork.stacks import QUIET, STACK_END, Stacks
+    from prefork.view import WorkerProcess
+
+    with selectors.DefaultSelector() as selector:
+        stacks = Stacks(selector)
+        read_fd, write_fd = stacks.new_pipe()
+        stacks.watch(read_fd, WorkerProcess(os.getpid(), 0, 1, 0, time.monotonic()))
+        try:
+            with caplog.at_level(logging.INFO, logger="prefork"):
+                os.write(write_fd, b'Current thread 0x1 (most recent call first):\n  File "a.py", line 1 in ')
+                for key, _ in selector.select(5):
+                    key.data()
+                time.sleep(0.3)  # a pause the old 0.2 s quiet period took for the end
+                stacks.flush_due(time.monotonic())
+                assert stacks.seq == 0 and stacks.deadline() is not None and QUIET > 0.3
+                os.write(write_fd, b'spin\n  File "b.py", line 2 in main\n' + STACK_END)
+                for key, _ in selector.select(5):
+                    key.data()
+            assert stacks.seq == 1 and stacks.deadline() is None  # ended by the mark, not by a timer
+            (stack,) = stacks.answer()["stacks"].values()  # type: ignore[union-attr]
+            assert stack["stack"].endswith('line 1 in spin\n  File "b.py", line 2 in main\n'), stack
+            assert [r.message for r in caplog.records] == [f"worker 0 gen 1 (pid {os.getpid()}): Python stack"]
+        finally:
+            os.close(write_fd)
+            stacks.close()
 
 
 def pending_signals(pid: int) -> int:
