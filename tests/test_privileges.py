@@ -70,6 +70,24 @@ def test_user_nobody_gives_workers_that_uid_and_no_root_ids(server: Server) -> N
 
 
 @needs_root
+def test_an_access_log_the_worker_user_cannot_open_is_an_error_in_the_log(server: Server, tmp_path: Path) -> None:
+    """Workers open --access-log as --user: a directory they cannot write is said once, never silently lost."""
+    access = tmp_path / "private" / "access.log"
+    access.parent.mkdir(mode=0o700)  # root's: nobody cannot create the file in it
+    # --preload: nobody cannot read this interpreter's standard library under /root to import the app.
+    server.start("--user", "nobody", "--preload", "--wsgi", "--access-log", str(access), app="wsgiapps:hello",
+                 workers=1)
+    server.wait_ready(1)
+    for _ in range(3):
+        assert request(server.address, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                       timeout=10).startswith(b"HTTP/1.1 200")
+    said = f"cannot open the access log {access} as uid {NOBODY.pw_uid}: Permission denied"
+    wait_for(lambda: said in server.log(), what="the access log error")
+    assert server.log().count(said) == 1, server.log()
+    assert not access.exists()
+
+
+@needs_root
 def test_group_alone_sets_gid_and_drops_root_groups(server: Server) -> None:
     group = grp.getgrgid(NOBODY.pw_gid).gr_name  # nogroup on Debian, nobody elsewhere
     server.start("--group", group, workers=1).wait_ready(1)

@@ -17,6 +17,7 @@ which is checked at most once a second.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from typing import Any
 
 from ..log import rfc3339
 from .response import Exchange
+
+log = logging.getLogger("prefork")
 
 
 class Atoms:
@@ -100,6 +103,7 @@ class AccessLog:
         self.inode = (0, 0)
         self.checked = 0.0
         self.lock = threading.Lock()  # threads (--threads) must not reopen the file at once
+        self.failure: str | None = None  # why the last open failed, said once
 
     def write(self, environ: dict[str, Any], exchange: Exchange, started: float) -> None:
         finished = time.time()
@@ -119,8 +123,21 @@ class AccessLog:
             with self.lock:
                 if self.fd == -1 or now - self.checked >= 1.0:
                     self.checked = now
-                    self.reopen_if_moved()
+                    self.try_reopen()
         return self.fd
+
+    def try_reopen(self) -> None:
+        """Reopen if moved; a failure is logged once (until it changes), and the lines go to the old file, if any."""
+        try:
+            self.reopen_if_moved()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if why != self.failure:
+                self.failure = why
+                log.error("cannot open the access log %s as uid %d: %s%s", self.path, os.geteuid(), why,
+                          "; requests are served without it" if self.fd == -1 else "; writing to the old file")
+            return
+        self.failure = None
 
     def reopen_if_moved(self) -> None:
         try:
