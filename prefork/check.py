@@ -26,6 +26,7 @@ from .docs import toml_value
 from .errors import EXIT_APP, EXIT_BIND, EXIT_USAGE, AppImportError, BindError, ConfigError, PreforkError
 from .importer import import_app
 from .inetd import find_program  # imported before the child drops privileges (its modules may be root's)
+from .log import open_regular
 from .pidfile import read_pid
 from .reload import load_tls_context
 from .settings import Settings
@@ -218,6 +219,10 @@ def check_settings(settings: Settings) -> Problem | None:
     """What ``prefork run`` refuses before it starts, beyond each value's own parse."""
     if not settings.app and not settings.exec:
         return Problem(EXIT_USAGE, "no APP given (as an argument, PREFORK_APP or app = ... in the config file)")
+    if settings.log_file:
+        problem = check_log_file(settings.log_file)
+        if problem is not None:
+            return problem
     try:
         load_tls_context(settings)  # the certificate files load, as at start
         privileges.check_can_switch(privileges.resolve(settings.user, settings.group))
@@ -225,6 +230,22 @@ def check_settings(settings: Settings) -> Problem | None:
             refuse_under_systemd(os.environ)
     except PreforkError as exc:
         return Problem(exc.exit_status, str(exc))
+    return None
+
+
+def check_log_file(path: str) -> Problem | None:
+    """Whether the log file opens as at start (safely, never through a symlink), without creating it."""
+    try:
+        if os.path.lexists(path):
+            os.close(open_regular(path, os.O_WRONLY | os.O_APPEND))
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        return Problem(EXIT_USAGE, f"log_file: cannot open {path!r}: {exc.strerror}")
     return None
 
 

@@ -305,6 +305,21 @@ def test_check_unimportable_hook_exits_2(tmp_path: Path) -> None:
     assert "on_starting: cannot import hook 'hookapps:nothere'" in result.stderr
 
 
+def test_check_refuses_the_log_files_run_refuses_and_creates_none(tmp_path: Path) -> None:
+    """`check` says what `run` would: a log file in a missing directory or behind a symlink exits 2."""
+    (tmp_path / "evil.log").symlink_to("/etc/passwd")
+    for log_file, why in ((tmp_path / "missing" / "x.log", "No such file or directory"),
+                          (tmp_path / "evil.log", "it is a symbolic link, not a regular file (refused)")):
+        for command in ("check", "run"):
+            result = prefork(command, "-b", "127.0.0.1:0", "--log-file", str(log_file), "testapps:pid", cwd=tmp_path)
+            assert result.returncode == 2, (command, result.stderr)
+            assert f"log_file: cannot open '{log_file}': {why}" in result.stderr, (command, result.stderr)
+    fine = tmp_path / "fine.log"
+    result = prefork("check", "-b", "127.0.0.1:0", "--log-file", str(fine), "testapps:pid", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not fine.exists()  # a check changes nothing
+
+
 # --- reload (HUP) re-reads the file ---
 
 
