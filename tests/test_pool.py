@@ -17,6 +17,7 @@ from prefork.scoreboard import BUSY, IDLE, Scoreboard
 from prefork.settings import Settings
 from prefork.stats import Stats
 from prefork.view import ServerView, Stop, WorkerProcess
+from prefork.worker_count import WorkerCount
 
 # --- the decisions, on a view of a server that is never started (no fork, no signals) ---
 
@@ -26,7 +27,7 @@ class View:
     """What the pool reads of the master (view.ServerView), as plain data the test sets."""
 
     settings: Settings
-    num_workers: int = 1
+    count: WorkerCount = field(default_factory=lambda: WorkerCount(1))
     pid: int = 1
     generation: int = 1
     pending: int | None = None
@@ -40,9 +41,13 @@ class View:
     replaces: int | None = None
     listener_names: Sequence[str] = ()
 
+    @property
+    def num_workers(self) -> int:
+        return self.count.target
+
 
 class Master:
-    """The pool and the view, and the one thing the master does with the pool's answer."""
+    """The pool and the view, and the one thing the master does with the pool's answer (its WorkerCount follows)."""
 
     def __init__(self, settings: Settings) -> None:
         self.view = View(settings)
@@ -50,9 +55,7 @@ class Master:
 
     def adjust(self, now: float) -> None:
         view: ServerView = self.view
-        size = self.pool.adjust(view, now)
-        if size is not None:
-            self.view.num_workers = size
+        self.view.count.follow(self.pool.adjust(view, now))
 
 
 @pytest.fixture
@@ -126,7 +129,7 @@ def test_a_reload_boots_the_new_generation_at_the_pool_size(master: Master) -> N
     master.pool.size = 5
     view = master.view
     view.pending, view.pending_settings = 2, view.settings  # what a reload sets...
-    view.num_workers = view.settings.workers  # ...with --workers for the count
+    view.count.reset(view.settings)  # ...with --workers for the count
     master.adjust(101.0)
     assert view.num_workers == 5
 
@@ -142,8 +145,23 @@ def test_idle_capacity_is_counted_in_threads(master: Master) -> None:
 def test_a_stopping_server_is_not_resized(master: Master) -> None:
     master.adjust(100.0)
     master.view.stopping = Stop.GRACEFUL
-    master.view.num_workers = 3
+    master.view.count = WorkerCount(3)
     assert master.pool.adjust(master.view, 101.0) is None  # the count is not the pool's to decide
+    master.adjust(101.0)
+    assert master.view.num_workers == 3
+
+
+def test_ttin_and_ttou_move_the_count_by_one_and_keep_one_worker() -> None:
+    count = WorkerCount(1)
+    count.more()
+    assert count.target == 2
+    for _ in range(3):
+        count.fewer()
+    assert count.target == 1
+    count.follow(None)  # the pool is off: its answer changes nothing
+    assert count.target == 1
+    count.follow(5)
+    assert count.target == 5
 
 
 # --- the real server ---
