@@ -37,7 +37,7 @@ from .stacks import Stacks
 from .stats import Stats
 from .systemd import Notifier
 from .upgrade import Upgrade, upgraded_from
-from .view import Stop, WorkerProcess, generation_booted, newest_settings
+from .view import Stop, WorkerProcess, generation_booted, worker_limits
 from .wakeup import Wakeup
 from .worker_count import WorkerCount
 from .worker_table import ForkWith, WorkerTable
@@ -66,7 +66,7 @@ class Master:
         self.stats = Stats()  # counters for status and metrics
         self.scoreboard = Scoreboard(max(1024, settings.workers * 4))
         self.table = WorkerTable(self.scoreboard, self.stats)  # pid -> WorkerProcess, and what to do to them
-        self.boot = BootPolicy()
+        self.boot = BootPolicy(self.stats)
         self.listeners = Listeners()
         self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         # Which generation serves, and the one on trial during a reload.
@@ -159,13 +159,11 @@ class Master:
     def next_timeout(self) -> float | None:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
-        settings = self.settings
-        deadlines = self.table.deadlines(now, settings.worker_timeout, newest_settings(self).boot_timeout,
-                                         settings.max_worker_memory)
+        deadlines = self.table.deadlines(now, worker_limits(self))  # kills due, --timeout, --boot-timeout, memory
         # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1; --shutdown-delay;
         # the end of a stack a worker is writing (stacks.py); starting --reload's watcher again.
         delay = None if self.stopping else self.delay.ends
-        for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline(),
+        for deadline in (self.boot.deadline(now), self.pool.deadline(self.settings), self.notifier.watchdog_deadline(),
                          delay, self.stacks.deadline(), self.watcher.deadline()):
             if deadline is not None:
                 deadlines.append(deadline)
@@ -250,8 +248,7 @@ class Master:
         graceful = self.settings.graceful_timeout
         self.stacks.flush_due(time.monotonic())
         if not self.stopping:
-            self.table.check(self.settings.worker_timeout, newest_settings(self).boot_timeout,
-                             self.settings.max_worker_memory)
+            self.table.check(worker_limits(self))
         self.table.kill_overdue(graceful)
         if self.stopping:
             return
@@ -271,8 +268,7 @@ class Master:
                 *self.endpoints.fds(), *pidfile_fds, *self.stacks.fds())
 
     def worker_booted(self, worker: WorkerProcess) -> None:
-        self.boot.booted()
-        log.info("%s booted", worker.describe())
+        self.boot.booted(worker)
         self.notifier.report(self)  # READY (and MAINPID after an upgrade) before the old master retires
         self.upgrade.tell_replaced_master()
 
@@ -288,7 +284,6 @@ class Master:
                 hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, status: int) -> None:
-        self.stats.boot_failures += 1
         failure = self.boot.failed(worker, status, self.pending, self.stopping is not None, self.settings.served)
         if isinstance(failure, PreforkError):
             self.halt(failure)
