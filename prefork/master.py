@@ -160,11 +160,11 @@ class Master:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
         deadlines = self.table.deadlines(now, worker_limits(self))  # kills due, --timeout, --boot-timeout, memory
-        # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1; --shutdown-delay;
-        # the end of a stack a worker is writing (stacks.py); starting --reload's watcher again.
-        delay = None if self.stopping else self.delay.ends
-        for deadline in (self.boot.deadline(now), self.pool.deadline(self.settings), self.notifier.watchdog_deadline(),
-                         delay, self.stacks.deadline(), self.watcher.deadline()):
+        # The boot back-off; systemd's WATCHDOG=1; the end of a stack a worker is writing (stacks.py). Only while
+        # serving (manage_workers skips them once stopping: a deadline left in the past would never let us sleep):
+        # the adaptive pool's look at the scoreboard, the end of --shutdown-delay, starting --reload's watcher again.
+        serving = () if self.stopping else (self.pool.deadline(self.settings), self.delay.ends, self.watcher.deadline())
+        for deadline in (self.boot.deadline(now), self.notifier.watchdog_deadline(), self.stacks.deadline(), *serving):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now) if deadlines else None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import Server, wait_for
 from control_helpers import prefork, snapshot, status_json
 
+from prefork import pool
 from prefork.pool import Pool
 from prefork.scoreboard import BUSY, IDLE, Scoreboard
 from prefork.settings import Settings
@@ -221,6 +225,23 @@ def test_worker_count_follows_load_up_and_down(server: Server, tmp_path: Path) -
     wait_for(lambda: len(server.worker_pids()) == 1, 60, what="the pool back at one worker")
     assert status_json(pidfile)["master"]["target_workers"] == 1
     assert "pool: " in server.log()
+
+
+def test_a_stopping_master_sleeps_with_the_pool_on(server: Server, tmp_path: Path) -> None:
+    """A graceful stop ends the pool's looks at the scoreboard, and with them its once-a-second deadline: the
+    master sleeps until its workers leave (it used to wake at once, forever: the look's deadline stayed past)."""
+    start_pool(server, tmp_path)
+    with hold_connection(server):  # in flight: the graceful stop waits for it (up to 30 s)
+        server.signal(signal.SIGTERM)
+        wait_for(lambda: "graceful stop" in server.log(), 10, what="the graceful stop")
+        time.sleep(pool.CHECK_INTERVAL + 0.5)  # past the look the pool would have taken next
+        master = psutil.Process(server.pid)
+        before, switches = master.cpu_times(), master.num_ctx_switches().voluntary
+        time.sleep(2)
+        after = master.cpu_times()
+        assert (after.user + after.system) - (before.user + before.system) < 0.05
+        assert master.num_ctx_switches().voluntary - switches <= 2
+    assert server.wait_exit(30) == 0
 
 
 def test_scale_refuses_an_adaptive_pool(server: Server, tmp_path: Path) -> None:
