@@ -247,8 +247,7 @@ class Master:
         """Bring the worker table (and --reload's watcher) to what it should be; called after every wake-up."""
         graceful = self.settings.graceful_timeout
         self.stacks.flush_due(time.monotonic())
-        if not self.stopping:
-            self.table.check(worker_limits(self))
+        self.table.check(worker_limits(self))  # none once stopping
         self.table.kill_overdue(graceful)
         if self.stopping:
             return

@@ -160,7 +160,7 @@ def newest_settings(view: ServerView) -> Settings:
 
 @dataclass(frozen=True)
 class Limits:
-    """What the worker table enforces on every worker (0: not enforced)."""
+    """What the worker table enforces on every worker (0: not enforced); nothing while the server stops."""
 
     timeout: float  # --timeout: busy on one connection for longer
     boot_timeout: float  # --boot-timeout: still booting after
@@ -169,7 +169,10 @@ class Limits:
 
 def worker_limits(view: ServerView) -> Limits:
     """The serving settings' --timeout and memory limit; --boot-timeout from the generation being worked
-    towards (its workers are the ones booting)."""
+    towards (its workers are the ones booting). None once the server stops: its workers have their stop's
+    deadlines (and the master no deadline left behind in the past, to wake for at once, forever)."""
+    if view.stopping is not None:
+        return Limits(0.0, 0.0, 0)
     settings = view.settings
     return Limits(settings.worker_timeout, newest_settings(view).boot_timeout, settings.max_worker_memory)
 
