@@ -14,6 +14,7 @@ import os
 import time
 
 from .errors import WORKER_EXIT_APP, AppImportError, BootError, PreforkError, describe_status
+from .stats import Stats
 from .view import WorkerProcess
 
 log = logging.getLogger("prefork")
@@ -26,7 +27,8 @@ FORK_RETRY = 1.0  # seconds to wait after fork() itself failed
 class BootPolicy:
     """Boot failures in a row, and the earliest moment the master may fork again."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats  # boot_failures: every one, for status and metrics
         self.ever_booted = False
         self.failures = 0
         self.spawn_not_before = 0.0
@@ -38,7 +40,8 @@ class BootPolicy:
         """When the back-off ends, if it has not yet (for the master's selector)."""
         return self.spawn_not_before if self.spawn_not_before > now else None
 
-    def booted(self) -> None:
+    def booted(self, worker: WorkerProcess) -> None:
+        log.info("%s booted", worker.describe())
         self.ever_booted = True
         self.failures = 0
 
@@ -53,6 +56,7 @@ class BootPolicy:
     def count_failure(self) -> None:
         """A worker exited before it booted (whatever the master does about it)."""
         self.failures += 1
+        self.stats.boot_failures += 1
 
     def failed(self, worker: WorkerProcess, status: int, trial: int | None, stopping: bool,
                served: str) -> str | PreforkError | None:

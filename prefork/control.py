@@ -1,9 +1,9 @@
 """The master's control socket and metrics listener, answered from its own loop.
 
-:func:`open_endpoints` adds the control socket (``PIDFILE.ctl``, mode 0600:
-status shows peers and counters, so it is the owner's) and the
-``--metrics-bind`` listener to the master's selector. What is asked and
-answered is in ``protocol.py``; the commands that ask are in ``client.py``.
+The master holds them as one :class:`Endpoints`: the control socket
+(``PIDFILE.ctl``, mode 0600: status shows peers and counters, so it is the
+owner's) and the ``--metrics-bind`` listener, in the master's selector. What is
+asked and answered is in ``protocol.py``; the commands that ask are in ``client.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 import selectors
 import socket
+from collections.abc import Iterator
 from functools import partial
 
 from . import metrics, protocol, status
@@ -24,6 +25,32 @@ from .view import ServerView
 log = logging.getLogger("prefork")
 
 
+class Endpoints:
+    """The endpoints the master answers in its loop: opened at start, the control socket bound again
+    after a failed upgrade, their descriptors (which every worker closes), closed at exit."""
+
+    def __init__(self, view: ServerView, selector: selectors.BaseSelector) -> None:
+        self.view, self.selector = view, selector
+        self.pidfile: str | None = None  # the control socket's path is PIDFILE.ctl: none without a pid file
+        self.open: list[Endpoint] = []
+
+    def start(self, pidfile: str | None) -> None:
+        """At start (a metrics bind that fails is a BindError, as for --bind)."""
+        self.pidfile = pidfile
+        self.open = open_endpoints(self.view, self.selector, pidfile)
+
+    def reclaim(self) -> None:
+        """After a failed upgrade: the new master may have taken our control socket's path."""
+        if self.pidfile is not None:
+            self.open = reclaim_control_socket(self.view, self.open, self.selector, self.pidfile)
+
+    def fds(self) -> Iterator[int]:
+        for endpoint in self.open:
+            yield from endpoint.fds()
+
+    def close(self) -> None:
+        for endpoint in self.open:
+            endpoint.close()
 
 
 def open_endpoints(master: ServerView, selector: selectors.BaseSelector, pidfile: str | None) -> list[Endpoint]:

@@ -164,7 +164,11 @@ class Listeners:
             listener.sock.close()
 
     def close_all(self) -> None:
-        """At exit: close what is still open, unlinking the unix socket files we own."""
+        """At exit: say what is still queued, then close what is still open, unlinking the unix socket files we
+        own."""
+        lost = self.still_queued()
+        if lost:  # the graceful timeout ran out (or a fast stop) with connections still queued
+            log.warning("%d queued connection%s closed unserved", lost, "s" if lost != 1 else "")
         for listener in self.all():
             if listener.sock.fileno() != -1:
                 listener.close()

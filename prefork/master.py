@@ -5,7 +5,9 @@ selector. Signal handlers do nothing themselves: ``signal.set_wakeup_fd``
 writes each signal's number into a pipe, and the loop reads it and dispatches
 through :attr:`Master.signal_table`, the whole signal policy on one screen.
 What it does to workers lives in ``worker_table.py``, reloads in ``reload.py``,
-the binary upgrade in ``upgrade.py`` and the boot back-off in ``boot.py``.
+the binary upgrade in ``upgrade.py``, the boot back-off in ``boot.py``, the
+worker count in ``worker_count.py``, the control socket and metrics in
+``control.py``, and ``--reload``'s watcher in ``devreload.py``.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ import logging
 import os
 import selectors
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import control, devreload, hooks, proctitle
 from .boot import BootPolicy
-from .endpoint import Endpoint
-from .errors import EXIT_OK, PreforkError, describe_status
+from .errors import EXIT_OK, PreforkError
 from .events import EventPipe
 from .listeners import Listeners
 from .log import Log
@@ -32,12 +32,14 @@ from .pool import Pool
 from .reload import Generations
 from .scoreboard import Scoreboard
 from .settings import Settings
+from .shutdown_delay import ShutdownDelay
 from .stacks import Stacks
 from .stats import Stats
 from .systemd import Notifier
 from .upgrade import Upgrade, upgraded_from
-from .view import Stop, WorkerProcess, generation_booted, newest_settings, settings_for
+from .view import Stop, WorkerProcess, generation_booted, worker_limits
 from .wakeup import Wakeup
+from .worker_count import WorkerCount
 from .worker_table import ForkWith, WorkerTable
 
 if TYPE_CHECKING:
@@ -60,24 +62,25 @@ class Master:
         self.reload_settings = reload_settings
         self.preloaded = preloaded
         self.pid = os.getpid()
-        self.num_workers = settings.workers
+        self.count = WorkerCount(settings.workers)  # TTIN/TTOU, a reload, the pool (which only returns a size)
         self.stats = Stats()  # counters for status and metrics
         self.scoreboard = Scoreboard(max(1024, settings.workers * 4))
         self.table = WorkerTable(self.scoreboard, self.stats)  # pid -> WorkerProcess, and what to do to them
-        self.boot = BootPolicy()
+        self.boot = BootPolicy(self.stats)
         self.listeners = Listeners()
         self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         # Which generation serves, and the one on trial during a reload.
-        self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, tls_context)
+        self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, self.count,
+                                tls_context)
         self.pidfile: Pidfile | None = None
-        self.watcher: subprocess.Popen[bytes] | None = None  # --reload's file watcher
+        self.watcher = devreload.Watcher(self.pid)  # --reload's file watcher process
         self.stopping: Stop | None = None  # GRACEFUL or FAST once the server stops
-        self.shutdown_delay_ends: float | None = None  # after TERM with --shutdown-delay: serving until then
+        self.delay = ShutdownDelay()  # after TERM with --shutdown-delay: serving until it ends
         self.halt_error: Exception | None = None
-        self.pool = Pool()  # --max-workers: decides num_workers from the scoreboard
-        self.endpoints: list[Endpoint] = []  # control socket, metrics: answered in our loop
+        self.pool = Pool()  # --max-workers: decides the worker count from the scoreboard
         self.selector = selectors.DefaultSelector()
-        self.upgrade = Upgrade(self.selector)  # the successor a USR2 started, or the master we replace
+        self.endpoints = control.Endpoints(self, self.selector)  # control socket, metrics: answered in our loop
+        self.upgrade = Upgrade(self.selector, self, self.endpoints)  # the successor a USR2 started, or whom we replace
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
         self.stacks = Stacks(self.selector)  # the workers' faulthandler pipes
@@ -105,7 +108,9 @@ class Master:
     pending_settings = property(lambda self: self.gens.pending_settings)
     new_master = property(lambda self: self.upgrade.new_master_pid)
     replaces = property(lambda self: self.upgrade.replaces_pid)
+    shutdown_delay_ends = property(lambda self: self.delay.ends)
 
+    num_workers = property(lambda self: self.count.target)
     workers = property(lambda self: self.table.workers)  # pid -> WorkerProcess
     listener_names = property(lambda self: [listener.name for listener in self.listeners.shared])
     stack_report = property(lambda self: self.stacks.answer())
@@ -138,13 +143,12 @@ class Master:
         if settings.pid:
             self.pidfile = claim(settings.pid, self.pid)
         self.scoreboard.header.master_pid = self.pid
-        self.endpoints = control.open_endpoints(self, self.selector, self.pidfile.path if self.pidfile else None)
+        self.endpoints.start(self.pidfile.path if self.pidfile else None)
         self.selector.register(self.wakeup.read_fd, selectors.EVENT_READ, self.dispatch_signals)
         self.selector.register(self.events.read_fd, selectors.EVENT_READ, self.read_worker_events)
         self.selector.register(self.log.pipe_r, selectors.EVENT_READ, self.log.drain_workers)  # workers' log lines
         self.wakeup.install()
-        if settings.reload:  # development: a watcher process HUPs us when the code changes
-            self.watcher = devreload.start_watcher(self.pid, os.getcwd(), settings.reload_extra_file)
+        self.watcher.start(settings)  # --reload (development): a watcher process HUPs us when the code changes
         log.info("master started (pid %d), %d workers, %s", self.pid, self.num_workers, settings.served)
         hooks.run("when_ready", self.settings, self.hook_server)
 
@@ -155,14 +159,12 @@ class Master:
     def next_timeout(self) -> float | None:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
-        settings = self.settings
-        deadlines = self.table.deadlines(now, settings.worker_timeout, newest_settings(self).boot_timeout,
-                                         settings.max_worker_memory)
-        # The boot back-off; the adaptive pool's look at the scoreboard; systemd's WATCHDOG=1; --shutdown-delay;
-        # the end of a stack a worker is writing (stacks.py).
-        delay = None if self.stopping else self.shutdown_delay_ends
-        for deadline in (self.boot.deadline(now), self.pool.deadline(settings), self.notifier.watchdog_deadline(),
-                         delay, self.stacks.deadline()):
+        deadlines = self.table.deadlines(now, worker_limits(self))  # kills due, --timeout, --boot-timeout, memory
+        # The boot back-off; systemd's WATCHDOG=1; the end of a stack a worker is writing (stacks.py). Only while
+        # serving (manage_workers skips them once stopping: a deadline left in the past would never let us sleep):
+        # the adaptive pool's look at the scoreboard, the end of --shutdown-delay, starting --reload's watcher again.
+        serving = () if self.stopping else (self.pool.deadline(self.settings), self.delay.ends, self.watcher.deadline())
+        for deadline in (self.boot.deadline(now), self.notifier.watchdog_deadline(), self.stacks.deadline(), *serving):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -184,22 +186,16 @@ class Master:
 
     def handle_term(self) -> None:
         """Graceful stop, after --shutdown-delay; a TERM during the delay ends it, one during the stop makes it fast."""
-        delay = self.settings.shutdown_delay
         if self.stopping:
             log.info("second stop signal: stopping fast")
             self.stop_all(Stop.FAST)
-        elif self.shutdown_delay_ends is not None:
-            log.info("TERM during the shutdown delay: stopping now")
-            self.stop_gracefully()
-        elif delay:
-            self.shutdown_delay_ends = time.monotonic() + delay
-            log.info("shutdown delay: serving normally for %gs before stopping", delay)
-            self.notifier.stopping(self)
+        elif self.delay.begin(self.settings.shutdown_delay):
+            self.notifier.stopping(self)  # systemd and a readiness check hear it from the TERM on
         else:
             self.stop_gracefully()
 
     def end_shutdown_delay(self) -> None:
-        if self.shutdown_delay_ends is not None and not self.stopping and time.monotonic() >= self.shutdown_delay_ends:
+        if self.delay.over(time.monotonic()) and not self.stopping:
             self.stop_gracefully()
 
     def stop_gracefully(self) -> None:
@@ -213,13 +209,11 @@ class Master:
 
     def handle_ttin(self) -> None:
         if not self.stopping:
-            self.num_workers += 1
-            log.info("TTIN: %d workers", self.num_workers)
+            self.count.more()
 
     def handle_ttou(self) -> None:
         if not self.stopping:
-            self.num_workers = max(1, self.num_workers - 1)
-            log.info("TTOU: %d workers", self.num_workers)
+            self.count.fewer()
 
     def handle_usr1(self) -> None:
         self.log.reopen()
@@ -228,16 +222,10 @@ class Master:
 
     def handle_usr2(self) -> None:
         """Binary upgrade: start a new master on our listeners; it tells us (WINCH) when it serves."""
-        if self.stopping or self.shutdown_delay_ends is not None or self.upgrade.under_way:
+        if self.stopping or self.delay.ends is not None or self.upgrade.under_way:
             log.warning("USR2 ignored: %s", "an upgrade is under way" if self.upgrade.under_way else "stopping")
-        elif not self.upgrade.start(self.listeners.shared, self.notifier.environment(), self.pidfile,
-                                    HANDLED_SIGNALS, self.new_master_exited):
-            self.reclaim_control_socket()
-
-    def new_master_exited(self) -> None:
-        """The new master's pidfd turned readable (it is not our child: no SIGCHLD tells us)."""
-        if self.upgrade.new_master_exited(self.pidfile, bool(self.stopping)):
-            self.reclaim_control_socket()
+        else:
+            self.upgrade.start(self.listeners.shared, self.notifier.environment(), self.pidfile, HANDLED_SIGNALS)
 
     def handle_winch(self) -> None:
         """From our upgraded successor (once it serves): retire; from a terminal resize: nothing."""
@@ -248,64 +236,46 @@ class Master:
     def handle_hup(self) -> None:
         if self.stopping:
             return
-        self.notifier.reloading(self)
         new = self.gens.reload(self, self.reload_settings, self.log, self.preloaded is not None)
         if new is not None:
-            self.num_workers = new.workers
             self.boot.reset()
             hooks.run("on_reload", new, self.hook_server)
-
-    def abandon_pending(self, why: str, failed: bool = True) -> None:
-        self.gens.abandon(why, failed)
-        self.num_workers = self.settings.workers
 
     # --- workers ---
 
     def manage_workers(self) -> None:
-        """Bring the worker table to what it should be; called after every wake-up."""
+        """Bring the worker table (and --reload's watcher) to what it should be; called after every wake-up."""
         graceful = self.settings.graceful_timeout
         self.stacks.flush_due(time.monotonic())
-        if not self.stopping:
-            self.table.check(self.settings.worker_timeout, newest_settings(self).boot_timeout,
-                             self.settings.max_worker_memory)
+        self.table.check(worker_limits(self))  # none once stopping
         self.table.kill_overdue(graceful)
         if self.stopping:
             return
-        size = self.pool.adjust(self, time.monotonic())
-        if size is not None:
-            self.num_workers = size
-        self.spawn_missing_workers()
+        self.watcher.restart_if_due(time.monotonic())
+        self.count.follow(self.pool.adjust(self, time.monotonic()))
+        self.gens.spawn_missing(self, self.boot, self.fork_with)  # of the generation being worked towards
         self.table.retire_surplus(self.num_workers, graceful)
         self.gens.retire_replaced(graceful)
         if self.pending is not None and generation_booted(self, self.pending):
             self.gens.commit(self)
 
-    def spawn_missing_workers(self) -> None:
-        generation = self.gens.target()
-        self.table.spawn_missing(generation, self.gens.missing(self), self.boot, settings_for(self, generation),
-                                 self.gens.context_for(generation), self.fork_with)
-
     def own_fds(self) -> tuple[int, ...]:
         """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets, and
         the pid file: a worker must neither write it nor keep its lock)."""
-        endpoint_fds = (fd for endpoint in self.endpoints for fd in endpoint.fds())
         pidfile_fds = self.pidfile.fds() if self.pidfile else []
-        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(), *endpoint_fds,
-                *pidfile_fds, *self.stacks.fds())
+        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(),
+                *self.endpoints.fds(), *pidfile_fds, *self.stacks.fds())
 
     def worker_booted(self, worker: WorkerProcess) -> None:
-        self.boot.booted()
-        log.info("%s booted", worker.describe())
+        self.boot.booted(worker)
         self.notifier.report(self)  # READY (and MAINPID after an upgrade) before the old master retires
-        if self.replaces is not None and generation_booted(self, self.generation):
-            self.upgrade.tell_replaced_master()
+        self.upgrade.tell_replaced_master()
 
     def reap_workers(self) -> None:
         for pid, status, worker in self.table.reap():
-            if self.watcher is not None and pid == self.watcher.pid and not self.stopping:
-                log.warning("--reload: the file watcher exited (%s); code changes no longer reload",
-                            describe_status(status))
-            elif worker is not None:
+            if worker is None:  # our only other child: --reload's watcher
+                self.watcher.exited(pid, status, self.stopping is not None)
+            else:
                 # Stop.KILL before booting: killed by --boot-timeout, which is a failed boot too.
                 if not worker.booted and worker.stopping in (None, Stop.KILL):
                     self.boot_failed(worker, status)
@@ -313,18 +283,11 @@ class Master:
                 hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, status: int) -> None:
-        self.stats.boot_failures += 1
         failure = self.boot.failed(worker, status, self.pending, self.stopping is not None, self.settings.served)
         if isinstance(failure, PreforkError):
             self.halt(failure)
         elif failure is not None:  # a worker of the generation on trial: the reload fails
-            self.abandon_pending(failure)
-            self.notifier.reload_failed(self, failure)
-
-    def reclaim_control_socket(self) -> None:
-        """After a failed upgrade: the new master may have taken our control socket's path."""
-        if self.pidfile is not None:
-            self.endpoints = control.reclaim_control_socket(self, self.endpoints, self.selector, self.pidfile.path)
+            self.gens.abandon(self, failure)
 
     # --- stop and exit ---
 
@@ -346,16 +309,11 @@ class Master:
 
     def cleanup(self) -> None:
         self.wakeup.restore()
-        lost = self.listeners.still_queued()
-        if lost:  # the graceful timeout ran out (or a fast stop) with connections still queued
-            log.warning("%d queued connection%s closed unserved", lost, "s" if lost != 1 else "")
-        if self.watcher is not None and self.watcher.poll() is None:
-            self.watcher.terminate()
+        self.watcher.stop()
         self.listeners.close_all()
         if self.pidfile is not None:
             self.pidfile.remove()
-        for endpoint in self.endpoints:
-            endpoint.close()
+        self.endpoints.close()
         self.upgrade.forget_new_master()
         self.stacks.close()
         self.selector.close()

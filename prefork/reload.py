@@ -6,7 +6,8 @@ serving, on trial (:meth:`Generations.begin`). Once every one of its workers has
 booted it serves and the old one is retired gracefully (:meth:`Generations.commit`);
 if one of its workers exits during boot, or a newer HUP supersedes it, it is
 stopped and the serving generation goes on as if nothing happened
-(:meth:`Generations.abandon`).
+(:meth:`Generations.abandon`). The worker count follows: the new settings'
+``--workers`` while a reload is on trial, the serving ones' again if it is given up.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from .log import Log
 from .settings import Settings, start_only_changes
 from .stats import Stats
 from .systemd import Notifier
-from .view import ServerView
-from .worker_table import WorkerTable
+from .view import ServerView, settings_for
+from .worker_count import WorkerCount
+from .worker_table import ForkWith, WorkerTable
 
 if TYPE_CHECKING:
     from ssl import SSLContext
+
+    from .boot import BootPolicy
 
 log = logging.getLogger("prefork")
 
@@ -35,7 +39,7 @@ class Generations:
     """The serving generation and its settings, and the generation on trial during a reload."""
 
     def __init__(self, settings: Settings, listeners: Listeners, table: WorkerTable, stats: Stats,
-                 notifier: Notifier, tls_context: SSLContext | None = None) -> None:
+                 notifier: Notifier, count: WorkerCount, tls_context: SSLContext | None = None) -> None:
         self.settings = settings
         self.generation = 1
         self.newest = 1  # the last generation started: numbers are never reused (a kept one may still serve)
@@ -47,7 +51,7 @@ class Generations:
         # Rolling reloads that stopped half-way (a boot failed, a newer HUP): their booted workers serve
         # on beside the serving generation's, until a reload commits.
         self.kept: frozenset[int] = frozenset()
-        self.listeners, self.table, self.stats, self.notifier = listeners, table, stats, notifier
+        self.listeners, self.table, self.stats, self.notifier, self.count = listeners, table, stats, notifier, count
 
     def target(self) -> int:
         """The generation new workers are forked for."""
@@ -75,6 +79,12 @@ class Generations:
         missing = self.table.missing(generation, view.num_workers)
         return missing[:self.rollout_room(view)] if self.rolling() else missing
 
+    def spawn_missing(self, view: ServerView, boot: BootPolicy, fork_with: ForkWith) -> None:
+        """Fork the :meth:`missing` workers of :meth:`target`, with that generation's settings and TLS context."""
+        generation = self.target()
+        self.table.spawn_missing(generation, self.missing(view), boot, settings_for(view, generation),
+                                 self.context_for(generation), fork_with)
+
     def retire_replaced(self, graceful_timeout: float) -> None:
         """Retire the workers whose replacement booted (--max-requests, memory; a rolling reload's)."""
         self.table.retire_replaced(graceful_timeout, self.kept)
@@ -96,10 +106,12 @@ class Generations:
                preloaded: bool) -> Settings | None:
         """HUP: read the settings again and put a generation with them on trial; its settings, or None if
         refused (nothing changes)."""
+        self.notifier.reloading(view)
         read = self.read(view, reload_settings, log_, preloaded)
         new = read and self.begin(view, *read)
         if new is not None:
             log_.set_level(new.log_level)
+            self.count.reset(new)
         return new
 
     def context_for(self, generation: int) -> SSLContext | None:
@@ -108,7 +120,7 @@ class Generations:
     def begin(self, view: ServerView, new: Settings, tls_context: SSLContext | None) -> Settings | None:
         """Put a generation with ``new`` on trial; its settings (binds completed), or None if refused."""
         if self.pending is not None:
-            self.abandon("superseded by a newer reload", failed=False)
+            self.abandon(view, "superseded by a newer reload", failed=False)
         try:
             new = self.listeners.open_added(new)
         except Exception as exc:  # BindError and friends: keep serving as we were
@@ -140,8 +152,9 @@ class Generations:
                  self.generation, retiring, old)
         self.notifier.ready(view)
 
-    def abandon(self, why: str, failed: bool = True) -> None:
-        """Give up the generation on trial; the serving one goes on as if nothing happened."""
+    def abandon(self, view: ServerView, why: str, failed: bool = True) -> None:
+        """Give up the generation on trial; the serving one goes on as if nothing happened (``failed``: and
+        systemd hears why)."""
         if failed:
             log.error("reload failed: %s; generation %d keeps serving", why, self.generation)
             self.stats.reload_failed(why)
@@ -157,6 +170,9 @@ class Generations:
         if self.pending_settings is not None:
             self.listeners.close_unlisted(self.settings, say=False)
         self.pending, self.pending_settings, self.pending_tls_context = None, None, None
+        self.count.reset(self.settings)
+        if failed:
+            self.notifier.reload_failed(view, why)
 
 
 def read_new_settings(reload_settings: Callable[[], Settings], current: Settings, log_: Log,

@@ -34,15 +34,17 @@ import os
 import selectors
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from . import proctitle
 from .pidfile import Pidfile
 from .sockets import SD_LISTEN_FDS_START, Listener
+from .view import ServerView, generation_booted
 
 if TYPE_CHECKING:
+    from .control import Endpoints
     from .systemd import Notifier
 
 log = logging.getLogger("prefork")
@@ -199,11 +201,12 @@ class Upgrade:
     """A binary upgrade seen from a master: the successor it started, or the master it replaces.
 
     The successor is not our child (see the module's docstring): no SIGCHLD tells us it exited,
-    its pidfd does, registered with the master's ``selector`` while it boots.
+    its pidfd does, registered with the master's ``selector`` while it boots. If it fails, we fall
+    back: the pid file and the control socket (of the master's ``endpoints``) are ours again.
     """
 
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self.selector = selector
+    def __init__(self, selector: selectors.BaseSelector, view: ServerView, endpoints: Endpoints) -> None:
+        self.selector, self.view, self.endpoints = selector, view, endpoints
         self.new_master: NewMaster | None = None  # the master a USR2 upgrade started
         self.replaces: OldMaster | None = None  # the master we were started to replace
 
@@ -221,11 +224,8 @@ class Upgrade:
         return self.new_master is not None or self.replaces is not None
 
     def start(self, listeners: list[Listener], extra_env: dict[str, str], pidfile: Pidfile | None,
-              blocked: tuple[int, ...], on_exit: Callable[[], None]) -> bool:
-        """USR2: move the pid file aside and start the new master on ``listeners``; False if it could not start.
-
-        ``on_exit`` is called from the master's loop if the new master exits (its pidfd turns readable).
-        """
+              blocked: tuple[int, ...]) -> None:
+        """USR2: move the pid file aside and start the new master on ``listeners`` (if it cannot start, fall back)."""
         if pidfile is not None:
             pidfile.rename(pidfile.path + ".oldbin")
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
@@ -234,12 +234,12 @@ class Upgrade:
         except OSError as exc:
             log.error("upgrade failed: cannot start a new master: %s", exc.strerror or exc)
             self.failed(pidfile)
-            return False
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.selector.register(self.new_master.fileno(), selectors.EVENT_READ, on_exit)
+        # Called from the master's loop if the new master exits (it is not our child: no SIGCHLD tells us).
+        self.selector.register(self.new_master.fileno(), selectors.EVENT_READ, partial(self.new_master_exited, pidfile))
         log.info("upgrade: started new master (pid %d); serving until it is ready", self.new_master.pid)
-        return True
 
     def replaced(self, notifier: Notifier, proc_name: str) -> bool:
         """WINCH: if we started an upgrade, our successor serves now. Fall silent and say so (True): the
@@ -255,23 +255,24 @@ class Upgrade:
         return True
 
     def failed(self, pidfile: Pidfile | None, why: str = "") -> None:
-        """The new master died before it served: take the pid file back (the caller reclaims the control socket)."""
+        """The new master died before it served: take the pid file back, and bind our control socket again
+        (the new master may have taken its path)."""
         if why:
             log.error("upgrade failed: new master %s; this master keeps serving", why)
         self.forget_new_master()
         if pidfile is not None and pidfile.path.endswith(".oldbin"):
             pidfile.rename(pidfile.path[: -len(".oldbin")])
+        self.endpoints.reclaim()
 
-    def new_master_exited(self, pidfile: Pidfile | None, retiring: bool) -> bool:
-        """Its pidfd is readable; True if it failed (before it served), and our control socket needs binding again.
+    def new_master_exited(self, pidfile: Pidfile | None) -> None:
+        """Its pidfd is readable: if we were not retiring anyway, it failed (before it served).
 
         Its exit status went to its reaper (the service manager, PID 1); its own log says why it failed.
         """
-        if retiring:
+        if self.view.stopping is not None:
             self.forget_new_master()  # we were retiring anyway
-            return False
-        self.failed(pidfile, "exited before it was ready")
-        return True
+        else:
+            self.failed(pidfile, "exited before it was ready")
 
     def forget_new_master(self) -> None:
         """Let go of the new master's pidfd (it failed, or we exit)."""
@@ -281,8 +282,9 @@ class Upgrade:
             self.new_master = None
 
     def tell_replaced_master(self) -> None:
-        """After an upgrade, once our first generation serves, ask the old master to retire."""
-        if self.replaces is None:
+        """After an upgrade, once our first generation serves (each of its workers booted), ask the old master
+        to retire."""
+        if self.replaces is None or not generation_booted(self.view, self.view.generation):
             return
         log.info("upgrade: serving; asking the old master (pid %d) to retire", self.replaces.pid)
         try:

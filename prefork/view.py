@@ -157,3 +157,22 @@ def newest_settings(view: ServerView) -> Settings:
     """The settings of the generation being worked towards (the one on trial, if any)."""
     return view.pending_settings or view.settings
 
+
+@dataclass(frozen=True)
+class Limits:
+    """What the worker table enforces on every worker (0: not enforced); nothing while the server stops."""
+
+    timeout: float  # --timeout: busy on one connection for longer
+    boot_timeout: float  # --boot-timeout: still booting after
+    memory_mb: int  # --max-worker-memory
+
+
+def worker_limits(view: ServerView) -> Limits:
+    """The serving settings' --timeout and memory limit; --boot-timeout from the generation being worked
+    towards (its workers are the ones booting). None once the server stops: its workers have their stop's
+    deadlines (and the master no deadline left behind in the past, to wake for at once, forever)."""
+    if view.stopping is not None:
+        return Limits(0.0, 0.0, 0)
+    settings = view.settings
+    return Limits(settings.worker_timeout, newest_settings(view).boot_timeout, settings.max_worker_memory)
+

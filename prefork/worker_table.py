@@ -26,7 +26,7 @@ from .keepalive import keeps_connections
 from .scoreboard import BUSY, Scoreboard
 from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .threaded import make_nonblocking, run_worker
-from .view import Stop, WorkerProcess
+from .view import Limits, Stop, WorkerProcess
 from .worker import WorkerSpec
 
 if TYPE_CHECKING:
@@ -303,8 +303,9 @@ class WorkerTable:
 
     # --- --timeout and --max-worker-memory ---
 
-    def check(self, timeout: float, boot_timeout: float, memory_limit_mb: int) -> None:
+    def check(self, limits: Limits) -> None:
         """Kill stuck workers and workers that never finish booting (--boot-timeout); recycle memory hogs."""
+        timeout, boot_timeout, memory_limit_mb = limits.timeout, limits.boot_timeout, limits.memory_mb
         now = time.monotonic()
         for worker in list(self.workers.values()):
             if worker.stopping is Stop.KILL:
@@ -345,8 +346,9 @@ class WorkerTable:
 
     # --- deadlines for the master's selector ---
 
-    def deadlines(self, now: float, timeout: float, boot_timeout: float, memory_limit_mb: int) -> list[float]:
+    def deadlines(self, now: float, limits: Limits) -> list[float]:
         """When the table next needs the master awake: kill deadlines, --timeout, --boot-timeout, memory."""
+        timeout, boot_timeout, memory_limit_mb = limits.timeout, limits.boot_timeout, limits.memory_mb
         deadlines = [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.workers and timeout:
             deadlines.append(self.next_stuck_check(now, timeout))

@@ -24,7 +24,22 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 SERVED, NOT_ACCEPTED, DROPPED, RETRIED = "served", "not accepted", "dropped", "retried"
+
+
+def assert_master_sleeps(pid: int, seconds: float = 2.0) -> None:
+    """The master uses no CPU and wakes at most twice in ``seconds``: it sleeps in its selector (a deadline left
+    in the past would wake it at once, forever)."""
+    master = psutil.Process(pid)
+    before, switches = master.cpu_times(), master.num_ctx_switches().voluntary
+    time.sleep(seconds)
+    after = master.cpu_times()
+    used = (after.user + after.system) - (before.user + before.system)
+    assert used < 0.05, f"the master used {used:.2f}s of CPU in {seconds}s"
+    woken = master.num_ctx_switches().voluntary - switches
+    assert woken <= 2, f"the master woke {woken} times in {seconds}s"
 CONNECT_TIMEOUT = 3.0  # a handshake the server leaves unanswered: the client gives up (not accepted)
 ANSWER_TIMEOUT = 20.0  # far beyond any drain here: silence this long is a drop
 

@@ -18,12 +18,13 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import ROOT, TESTS, Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
 from pidfile_helpers import read_pid
 
-from prefork import protocol
+from prefork import devreload, protocol
 from prefork.devreload import wanted
 
 
@@ -424,6 +425,50 @@ def test_reload_restarts_workers_when_a_python_file_changes(server: Server, tmp_
     server.signal(signal.SIGTERM)
     assert server.wait_exit(30) == 0
     wait_for(lambda: not watcher[0].is_running() or watcher[0].status() == "zombie", 10, what="the watcher gone")
+
+
+def watchers(server: Server) -> list[psutil.Process]:
+    return [p for p in server.workers() if "prefork.devreload" in " ".join(p.cmdline())]
+
+
+def test_a_watcher_that_dies_is_started_again_with_a_back_off(server: Server, tmp_path: Path) -> None:
+    """A killed watcher is reaped and another started after 1 s, then 2 s for the next death; the new one
+    reloads on an edit as the first did."""
+    (tmp_path / "devapp.py").write_text(DEV_APP.format(version="v1"))
+    server.start("--reload", "--chdir", str(tmp_path), app="devapp:handler", workers=1).wait_ready(1)
+    first = wait_for(lambda: watchers(server), 10, what="the watcher")[0]
+    first.kill()
+    wait_for(lambda: "the file watcher exited (killed by SIGKILL); starting another in 1s" in server.log(), 10,
+             what="the watcher's death noticed")
+    second = wait_for(lambda: [w for w in watchers(server) if w.pid != first.pid], 10, what="a new watcher")[0]
+
+    def edited() -> bool:
+        (tmp_path / "devapp.py").write_text(DEV_APP.format(version="v2"))  # again until the new watcher sees it
+        return "reloading: starting generation" in server.log()
+
+    wait_for(edited, 30, interval=0.5, what="a reload after the edit, seen by the new watcher")
+    wait_for(lambda: answer(server) == "v2", 30, what="the new code serving")
+    second.kill()
+    wait_for(lambda: "starting another in 2s" in server.log(), 10, what="the back-off doubled")
+    wait_for(lambda: [w for w in watchers(server) if w.pid not in (first.pid, second.pid)], 10, what="a third")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0
+
+
+def test_a_watcher_that_ran_a_while_starts_the_back_off_afresh() -> None:
+    """The back-off is for a watcher that keeps dying: one that died after running STEADY seconds gets 1 s again."""
+    watcher = devreload.Watcher(os.getpid())
+    watcher.delay = 8.0  # three deaths in a row before
+    for started_ago, expected in ((1.0, 8.0), (devreload.STEADY + 1, devreload.RESTART_START)):
+        child = subprocess.Popen(["sleep", "60"])
+        watcher.process, watcher.started = child, time.monotonic() - started_ago
+        child.kill()
+        pid, status = os.waitpid(child.pid, 0)  # as the master's reap does
+        before = time.monotonic()
+        watcher.exited(pid, status, stopping=False)
+        assert watcher.process is None and watcher.restart_at is not None
+        assert before + expected <= watcher.restart_at <= time.monotonic() + expected
+        assert child.returncode == -signal.SIGKILL  # the Popen knows it was reaped (no "still running" warning)
 
 
 def test_reload_is_refused_with_preload(server: Server) -> None:

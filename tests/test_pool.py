@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +13,15 @@ from typing import Any
 import pytest
 from conftest import Server, wait_for
 from control_helpers import prefork, snapshot, status_json
+from stop_helpers import assert_master_sleeps
 
+from prefork import pool
 from prefork.pool import Pool
 from prefork.scoreboard import BUSY, IDLE, Scoreboard
 from prefork.settings import Settings
 from prefork.stats import Stats
 from prefork.view import ServerView, Stop, WorkerProcess
+from prefork.worker_count import WorkerCount
 
 # --- the decisions, on a view of a server that is never started (no fork, no signals) ---
 
@@ -26,7 +31,7 @@ class View:
     """What the pool reads of the master (view.ServerView), as plain data the test sets."""
 
     settings: Settings
-    num_workers: int = 1
+    count: WorkerCount = field(default_factory=lambda: WorkerCount(1))
     pid: int = 1
     generation: int = 1
     pending: int | None = None
@@ -40,9 +45,13 @@ class View:
     replaces: int | None = None
     listener_names: Sequence[str] = ()
 
+    @property
+    def num_workers(self) -> int:
+        return self.count.target
+
 
 class Master:
-    """The pool and the view, and the one thing the master does with the pool's answer."""
+    """The pool and the view, and the one thing the master does with the pool's answer (its WorkerCount follows)."""
 
     def __init__(self, settings: Settings) -> None:
         self.view = View(settings)
@@ -50,9 +59,7 @@ class Master:
 
     def adjust(self, now: float) -> None:
         view: ServerView = self.view
-        size = self.pool.adjust(view, now)
-        if size is not None:
-            self.view.num_workers = size
+        self.view.count.follow(self.pool.adjust(view, now))
 
 
 @pytest.fixture
@@ -126,7 +133,7 @@ def test_a_reload_boots_the_new_generation_at_the_pool_size(master: Master) -> N
     master.pool.size = 5
     view = master.view
     view.pending, view.pending_settings = 2, view.settings  # what a reload sets...
-    view.num_workers = view.settings.workers  # ...with --workers for the count
+    view.count.reset(view.settings)  # ...with --workers for the count
     master.adjust(101.0)
     assert view.num_workers == 5
 
@@ -142,8 +149,23 @@ def test_idle_capacity_is_counted_in_threads(master: Master) -> None:
 def test_a_stopping_server_is_not_resized(master: Master) -> None:
     master.adjust(100.0)
     master.view.stopping = Stop.GRACEFUL
-    master.view.num_workers = 3
+    master.view.count = WorkerCount(3)
     assert master.pool.adjust(master.view, 101.0) is None  # the count is not the pool's to decide
+    master.adjust(101.0)
+    assert master.view.num_workers == 3
+
+
+def test_ttin_and_ttou_move_the_count_by_one_and_keep_one_worker() -> None:
+    count = WorkerCount(1)
+    count.more()
+    assert count.target == 2
+    for _ in range(3):
+        count.fewer()
+    assert count.target == 1
+    count.follow(None)  # the pool is off: its answer changes nothing
+    assert count.target == 1
+    count.follow(5)
+    assert count.target == 5
 
 
 # --- the real server ---
@@ -203,6 +225,18 @@ def test_worker_count_follows_load_up_and_down(server: Server, tmp_path: Path) -
     wait_for(lambda: len(server.worker_pids()) == 1, 60, what="the pool back at one worker")
     assert status_json(pidfile)["master"]["target_workers"] == 1
     assert "pool: " in server.log()
+
+
+def test_a_stopping_master_sleeps_with_the_pool_on(server: Server, tmp_path: Path) -> None:
+    """A graceful stop ends the pool's looks at the scoreboard, and with them its once-a-second deadline: the
+    master sleeps until its workers leave (it used to wake at once, forever: the look's deadline stayed past)."""
+    start_pool(server, tmp_path)
+    with hold_connection(server):  # in flight: the graceful stop waits for it (up to 30 s)
+        server.signal(signal.SIGTERM)
+        wait_for(lambda: "graceful stop" in server.log(), 10, what="the graceful stop")
+        time.sleep(pool.CHECK_INTERVAL + 0.5)  # past the look the pool would have taken next
+        assert_master_sleeps(server.pid)
+    assert server.wait_exit(30) == 0
 
 
 def test_scale_refuses_an_adaptive_pool(server: Server, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,9 +24,9 @@ import pytest
 from conftest import ROOT, Server, free_port, request, wait_for
 from control_helpers import prefork, snapshot
 from http_helpers import start_http
-from stop_helpers import NOT_ACCEPTED, SERVED, KeepAliveClient, StopLoad, ask_slow
+from stop_helpers import NOT_ACCEPTED, SERVED, KeepAliveClient, StopLoad, ask_slow, assert_master_sleeps
 
-from prefork import drain
+from prefork import drain, worker_table
 from prefork.view import Phase, Stop, phase
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,6 +60,20 @@ def test_the_filter_stops_new_handshakes_and_keeps_the_queue(host: str) -> None:
         late.close()
     with socket.socket(family) as after, pytest.raises(ConnectionRefusedError):
         after.connect(address)  # closed: the next SYN is refused
+
+
+def test_a_stopping_master_sleeps_with_a_memory_limit(server: Server) -> None:
+    """A graceful stop ends the memory checks, and with them their deadline: the master sleeps until its workers
+    leave (it used to wake at once, forever, from the first check it no longer made)."""
+    server.start("--max-worker-memory", "1000", "--timeout", "0", app="testapps:echo", workers=1).wait_ready(1)
+    with socket.create_connection(server.address, timeout=30) as held:
+        held.sendall(b"ping")
+        assert held.recv(10) == b"ping"  # served: its worker is busy until we close, the stop waits for it
+        server.signal(signal.SIGTERM)
+        wait_for(lambda: "graceful stop" in server.log(), 10, what="the graceful stop")
+        time.sleep(worker_table.MEMORY_CHECK_INTERVAL + 0.5)  # past the check due next
+        assert_master_sleeps(server.pid)
+    assert server.wait_exit(30) == 0
 
 
 def test_the_phase_is_derived_from_the_stop_and_the_delay() -> None:
