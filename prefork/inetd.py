@@ -145,6 +145,7 @@ class ProgramRunner:
             try:
                 self.running = self.spawn(child_end, env, lines)
             except OSError as exc:
+                self.worker.slot.program_group = 0  # the child wrote it, then failed to exec (and is reaped)
                 log.error("cannot run program %s for %s: %s", self.argv[0], peer, exc.strerror or exc)
                 self.worker.slot.program_failures += 1
                 if relay is not None:
@@ -157,7 +158,6 @@ class ProgramRunner:
             child_end.close()
             if lines is not None:
                 lines.started(self.running.pid)
-            self.worker.slot.program_group = self.running.pid  # the master kills it with us if it must
             log.debug("program %s (pid %d) started for %s", self.name, self.running.pid, peer)
             try:
                 Supervision(self, self.running, peer, relay, lines).run()
@@ -199,13 +199,18 @@ class ProgramRunner:
         )
 
     def in_child(self, worker_pid: int) -> Callable[[], None]:
-        """What runs in the child between fork and exec: die with the worker; default signals."""
+        """What runs in the child between fork and exec: die with the worker; default signals; and the
+        group in the scoreboard, for the master to kill if the worker cannot (see WorkerTable.kill_overdue)."""
         prctl = self.libc.prctl
+        slot = self.worker.slot
 
         def prepare() -> None:
             prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
             if os.getppid() != worker_pid:  # the worker died before prctl took effect
                 os._exit(127)
+            # Here, before exec (and after setsid): written by the worker once Popen returned, the group
+            # went unrecorded while the program already ran, and a worker stopped then left it behind.
+            slot.program_group = os.getpid()
             for sig in WORKER_IGNORED:
                 signal.signal(sig, signal.SIG_DFL)
 
