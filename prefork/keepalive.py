@@ -257,12 +257,13 @@ class KeptLoop:
         finally:
             worker.end_connection()
         if keep:
-            started = self.answered(kept, started)
+            now = self.answered(kept, started)
             self.kept[kept.fd] = kept  # now the most recently active
         else:
             self.drop(kept)
+            now = time.monotonic()
         worker.after_serving()
-        return started
+        return now
 
     def keep(self, kept: Kept) -> None:
         fd = kept.fd
