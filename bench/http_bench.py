@@ -54,6 +54,7 @@ THREADS = 4
 WORKERS = 2
 LOADS = ("c50", "c8", "mixed", "flask")
 BASELINE = "gunicorn sync"
+DOUBLED = "prefork --workers {} --wsgi"  # run only when --servers names it
 RUST = "granian"
 
 
@@ -83,6 +84,11 @@ def commands(workers: int, app: str) -> list[tuple[str, Callable[[int], list[str
          lambda port: [*gunicorn, "--worker-class", "gthread", "--threads", str(THREADS),
                        "--bind", f"127.0.0.1:{port}", app]),
     ]
+    # Not in the default set (only when --servers names it): as many single-threaded processes as granian
+    # runs busy threads (each granian worker runs Python in one thread and its I/O in another).
+    servers.append((DOUBLED.format(2 * workers), lambda port: [
+        python, "-m", "prefork", "run", "--workers", str(2 * workers), "--wsgi", "--log-level", "warning",
+        "--bind", f"127.0.0.1:{port}", app]))
     if installed("granian"):
         servers.append((RUST, lambda port: [python, "-m", "granian", "--interface", "wsgi", "--workers", w,
                                             "--host", "127.0.0.1", "--port", str(port), "--no-ws",
@@ -218,10 +224,19 @@ def loads(only: tuple[str, ...]) -> list[Load]:
     return [table[name] for name in only]
 
 
+def is_picked(label: str, picked: tuple[str, ...], workers: int) -> bool:
+    """Whether --servers asks for this server (all but the doubled-workers row when it names none)."""
+    if picked:
+        return label.startswith(picked)
+    return label != DOUBLED.format(2 * workers)
+
+
 def measured(server: Server, load: Load, duration: float) -> dict[str, float]:
-    before = server.cpu_seconds()
+    before, started = server.cpu_seconds(), time.monotonic()
     figures = load.run(server.port, duration)
-    figures["cpu_us"] = (server.cpu_seconds() - before) * 1e6 / figures["requests"] if figures["requests"] else 0.0
+    spent = server.cpu_seconds() - before
+    figures["cpu_us"] = spent * 1e6 / figures["requests"] if figures["requests"] else 0.0
+    figures["cores"] = spent / (time.monotonic() - started)  # the CPU the server got from a shared machine
     return figures
 
 
@@ -239,7 +254,7 @@ def measure(duration: float, rounds: int, workers: int, only: tuple[str, ...] = 
             if load.app not in servers:
                 servers[load.app] = [Server(label, argv(port), port)
                                      for label, argv in commands(workers, load.app) for port in [free_port()]
-                                     if not picked or label.startswith(picked)]
+                                     if is_picked(label, picked, workers)]
             load.servers = servers[load.app]
             runs[load.name] = {server.label: [] for server in load.servers}
         for group in servers.values():
@@ -280,6 +295,7 @@ def summarize(runs: dict[str, dict[str, list[dict[str, float]]]], workers: int) 
                 "vs granian": ratio(m["rps"], rust["rps"] if rust else None),
                 "CPU µs/req": round(m["cpu_us"], 1),
                 "CPU vs granian": ratio(m["cpu_us"], rust["cpu_us"] if rust else None),
+                "cores used": round(m["cores"], 2),
                 "p99 ms": round(m["p99_ms"], 2),
                 "p99 vs gunicorn sync": ratio(m["p99_ms"], base["p99_ms"] if base else None),
                 "errors": int(sum(r["errors"] for r in rounds)),
@@ -312,7 +328,8 @@ def markdown(rows: list[dict[str, Any]], command: str, duration: float, rounds: 
         f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {rows[0]['workers']} workers per server; "
         f"{rounds} rounds of {duration:g} s per server and load, interleaved; load average "
         f"{' '.join(f'{x:.2f}' for x in load_before)} before, {' '.join(f'{x:.2f}' for x in load_after)} after.",
-        "CPU µs/req: user + system time of the server's process tree over the run, per request.",
+        "CPU µs/req: user + system time of the server's process tree over the run, per request; cores used: that "
+        "time over the run's length (what the server got of the shared CPUs).",
     ]
     if missing_servers():
         lines.append("Not installed here, left out: " + ", ".join(missing_servers()) + ".")

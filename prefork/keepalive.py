@@ -92,10 +92,11 @@ def keeps_connections(settings: Settings) -> bool:
 
 
 class Kept:
-    __slots__ = ("addr", "peer", "session", "since", "sock", "took")
+    __slots__ = ("addr", "fd", "peer", "session", "since", "sock", "took")
 
     def __init__(self, sock: socket.socket, addr: Any, peer: str, session: Session) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.addr = addr
         self.peer = peer
         self.session = session
@@ -148,20 +149,20 @@ class KeptLoop:
         accept = []
         for fd, _ in events:
             if fd in kept:
-                if fd not in ready:
-                    ready[fd] = None
+                ready[fd] = None  # one already there keeps its place
             elif fd in listeners:
                 accept.append(fd)
         for fd in accept:
             if worker.alive:
                 self.accept(fd)
+        now = time.monotonic()
         if ready and worker.alive:
-            due = self.next_ready(time.monotonic())
+            due = self.next_ready(now)
             if due is not None:
                 del ready[due]
-                self.resume(kept.pop(due))
+                now = self.resume(kept.pop(due), now)
         if kept:
-            self.expire()
+            self.expire(now)
 
     def next_ready(self, now: float) -> int | None:
         """The ready connection to answer: the oldest, but slow ones get at most half the time.
@@ -181,23 +182,24 @@ class KeptLoop:
             return None
         return next(iter(ready))
 
-    def answered(self, kept: Kept, started: float) -> None:
-        """``kept``'s request (begun at ``started``) is answered: note how long it took."""
-        kept.since = time.monotonic()
-        kept.took = took = kept.since - started
+    def answered(self, kept: Kept, started: float) -> float:
+        """``kept``'s request (begun at ``started``) is answered: note how long it took; the time now."""
+        kept.since = now = time.monotonic()
+        kept.took = took = now - started
         if took >= SLOW:
-            self.slow_ended, self.slow_took = kept.since, took
+            self.slow_ended, self.slow_took = now, took
         else:
-            self.quick_at = kept.since
+            self.quick_at = now
+        return now
 
     def wait_time(self) -> float:
         """How long the next epoll wait may last: 0 with a request to answer now; else until one is due."""
-        idle = self.until_expiry()
         if not self.ready:
-            return idle
+            return self.until_expiry()
         now = time.monotonic()
         if self.next_ready(now) is not None:
             return 0.0
+        idle = self.until_expiry()
         hold = self.slow_ended + self.slow_took - now
         return hold if idle < 0 else min(hold, idle)
 
@@ -229,25 +231,25 @@ class KeptLoop:
         kept = Kept(conn, addr, format_peer(addr), session)  # the PROXY header's client, if any
         self.keep(kept)
         if arrived:
-            self.serve(self.kept.pop(conn.fileno()))
+            self.serve(self.kept.pop(kept.fd), time.monotonic())
 
-    def resume(self, kept: Kept) -> None:
-        """Answer the request a kept connection sent (not counted if it only closed)."""
+    def resume(self, kept: Kept, now: float) -> float:
+        """Answer the request a kept connection sent (not counted if it only closed); the time after."""
         try:
-            alive = self.worker.run_app_code(kept.session.receive)
+            alive = kept.session.receive()  # the parser's, not the application's, code
         except OSError:
             alive = False
         if alive:
-            self.serve(kept)
-        else:
-            self.drop(kept)
+            return self.serve(kept, now)
+        self.drop(kept)
+        return now
 
-    def serve(self, kept: Kept) -> None:
-        """Answer the requests received on ``kept`` (busy in the scoreboard meanwhile); keep it or close it."""
+    def serve(self, kept: Kept, started: float) -> float:
+        """Answer the requests received on ``kept`` (busy in the scoreboard meanwhile); keep it or close it.
+        The time after."""
         worker = self.worker
         worker.begin_connection(kept.peer)
         keep = False
-        started = time.monotonic()
         try:
             keep = worker.run_app_code(kept.session.resume)
         except Exception as exc:
@@ -255,25 +257,27 @@ class KeptLoop:
         finally:
             worker.end_connection()
         if keep:
-            self.answered(kept, started)
-            self.kept[kept.sock.fileno()] = kept  # now the most recently active
+            now = self.answered(kept, started)
+            self.kept[kept.fd] = kept  # now the most recently active
         else:
             self.drop(kept)
+            now = time.monotonic()
         worker.after_serving()
+        return now
 
     def keep(self, kept: Kept) -> None:
-        fd = kept.sock.fileno()
+        fd = kept.fd
         self.poller.register(fd, select.EPOLLIN)
         self.kept[fd] = kept
         if len(self.kept) > self.limit:
             for oldest in self.kept.values():
-                if oldest.sock.fileno() not in self.ready:  # the longest idle with no request waiting
-                    self.kept.pop(oldest.sock.fileno())
+                if oldest.fd not in self.ready:  # the longest idle with no request waiting
+                    self.kept.pop(oldest.fd)
                     self.drop(oldest)
                     break
 
     def drop(self, kept: Kept) -> None:
-        fd = kept.sock.fileno()
+        fd = kept.fd
         self.ready.pop(fd, None)
         try:
             self.poller.unregister(fd)
@@ -287,9 +291,9 @@ class KeptLoop:
             return max(0.0, kept.since + self.idle_seconds - time.monotonic())
         return -1.0
 
-    def expire(self) -> None:
-        """Close the kept connections idle --keepalive seconds (the oldest are first)."""
-        deadline = time.monotonic() - self.idle_seconds
+    def expire(self, now: float) -> None:
+        """Close the kept connections idle --keepalive seconds at ``now`` (the oldest are first)."""
+        deadline = now - self.idle_seconds
         while self.kept:
             fd, kept = next(iter(self.kept.items()))
             if kept.since > deadline or fd in self.ready:
@@ -309,7 +313,7 @@ class KeptLoop:
         for fd in list(self.ready):
             kept = self.kept.pop(fd, None)
             if kept is not None:
-                self.resume(kept)  # the answer says Connection: close (the worker is stopping)
+                self.resume(kept, time.monotonic())  # the answer says Connection: close (the worker is stopping)
         for kept in list(self.kept.values()):
             self.drop(kept)
         self.kept.clear()

@@ -45,9 +45,14 @@ class Slot(ctypes.Structure):
         ("in_epoll", ctypes.c_uint8),
     ]
 
+    # The peer last written through this object (a worker's own, the slot's only writer): a kept-alive
+    # connection's next request, from the same peer, writes it no more. Not a field: never shared.
+    shown = ""
+
     def begin(self, peer: str) -> None:
         """Mark the slot busy with a connection from ``peer``."""
-        self.set_peer(peer)
+        if peer != self.shown:
+            self.set_peer(peer)
         self.busy_since = time.monotonic()
         self.state = BUSY
 
@@ -56,6 +61,7 @@ class Slot(ctypes.Structure):
         raw = peer.encode("utf-8", "replace")[:PEER_BYTES]
         self.peer = raw  # ctypes copies in C: ten times cheaper than memmove from Python
         self.peer_len = len(raw)
+        self.shown = peer
 
     def end(self) -> None:
         """Mark the connection finished and counted."""

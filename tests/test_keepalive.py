@@ -14,6 +14,8 @@ from conftest import Server, wait_for
 from control_helpers import prefork, snapshot
 from http_helpers import closed_by_server, connect, get, read_response, start_http
 
+from prefork.scoreboard import Scoreboard
+
 pytest.importorskip("httptools")
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -24,6 +26,20 @@ def ask(sock: socket.socket, request: bytes = GET) -> tuple[int, str | None, byt
     sock.sendall(request)
     response = read_response(sock)
     return response.status, response.getheader("Connection"), response.read()
+
+
+def test_the_slot_shows_each_requests_peer() -> None:
+    """A kept connection's next request does not write its peer again (scoreboard.Slot.shown): the slot
+    still shows the peer of every request, also after a PROXY header's client was written in between."""
+    board = Scoreboard(2)
+    slot = board.slots[board.allocate(0, 0, 1) or 0]
+    for peer in ("10.0.0.1:1000", "10.0.0.1:1000", "10.0.0.2:2000", "10.0.0.1:1000"):
+        slot.begin(peer)
+        assert slot.peer_text == peer
+        slot.end()
+    slot.set_peer("192.0.2.7:7")  # connection.py, from a PROXY header
+    slot.begin("10.0.0.1:1000")
+    assert slot.peer_text == "10.0.0.1:1000"
 
 
 def test_one_worker_keeps_many_connections(server: Server) -> None:

@@ -159,7 +159,7 @@ class HTTPConnection:
             if request is None or not self.answer(request):
                 return False
             reader.queue.popleft()
-            if reader.queue or reader.partial or reader.error is not None or tls_pending(self.sock):
+            if reader.queue or reader.partial or reader.error is not None or (self.tls and tls_pending(self.sock)):
                 continue  # pipelined, on its way, or a bad request to answer: no waiting to decide
             return not reader.upgraded
 
@@ -215,6 +215,8 @@ class HTTPConnection:
     def drain(self, request: Request) -> bool:
         """Read and drop what the application left of the body; False: too much, close instead."""
         request.discard = True
+        if request.complete and not request.body_chunks:
+            return True  # read whole (or no body): the common case
         dropped = sum(len(chunk) for chunk in request.body_chunks)
         request.body_chunks.clear()
         while not request.complete:

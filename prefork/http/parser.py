@@ -40,6 +40,8 @@ __all__ = ["HTTPError", "Limits", "Request", "RequestReader"]
 # The field names the rules look at, and their lengths (a name of another length is not lowered).
 WATCHED_NAMES = frozenset((b"host", b"expect", b"content-length", b"transfer-encoding"))
 WATCHED_LENGTHS = frozenset(len(name) for name in WATCHED_NAMES)
+# The usual methods as the str they become (any other is decoded).
+METHODS = {method.encode(): method for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 KNOWN_CODINGS = (b"chunked",)  # the transfer codings we decode; any other is answered 501 (RFC 9110 15.6.2)
 
 
@@ -89,6 +91,8 @@ class RequestReader:
     def feed(self, data: bytes) -> None:
         """Parse ``data``; a bad request sets :attr:`error` instead of raising."""
         try:
+            if data and self.own is None and self.error is None and not self.upgraded:
+                data = self.feed_parser(data)  # the common case: llhttp takes it all, no loop
             while data and self.usable:
                 own = self.own
                 if own is None:
@@ -221,7 +225,8 @@ class RequestReader:
         request = self.current
         assert request is not None
         parser = self.parser
-        request.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        request.method = METHODS.get(method) or method.decode("ascii")
         if self.limits.line and len(request.method) + len(request.url) + 10 > self.limits.line:
             raise HTTPError(414, "request line too long")
         version = parser.get_http_version()

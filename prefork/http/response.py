@@ -65,14 +65,21 @@ def date_line(cache: list[Any]) -> bytes:
     return line
 
 
+SERVER_LINE = b"Server: prefork\r\n"
+CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
+CLOSE_LINE = b"Connection: close\r\n"
+
+
 class AppHead(NamedTuple):
     """What a status and header list give the head, found once for each distinct pair."""
 
     text: bytes  # the status line and the application's fields but Connection, each ending in CRLF
+    code: int  # the status code
     length: int | None  # its Content-Length
     wants_close: bool  # its Connection field says close
     has_date: bool
-    has_server: bool
+    server: bytes  # our Server line, unless the application sent one
 
 
 class AppHeads:
@@ -117,7 +124,9 @@ def app_head(status: str | None, headers: list[tuple[str, str]]) -> AppHead:
     text = "\r\n".join(lines)
     if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
         raise ValueError("a response header contains a line break")
-    return AppHead((text + "\r\n").encode("latin-1"), length, wants_close, has_date, has_server)
+    code = int(status[:3]) if status else 0
+    return AppHead((text + "\r\n").encode("latin-1"), code, length, wants_close, has_date,
+                   b"" if has_server else SERVER_LINE)
 
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -142,6 +151,9 @@ def error_response(status: int, message: str) -> bytes:
 
 class Exchange:
     """The application's answer to one request: ``start_response``, ``write`` and the result."""
+
+    __slots__ = ("chunked", "conn", "head_sent", "headers", "keep_alive", "length", "no_body", "request", "sent",
+                 "status")
 
     def __init__(self, conn: HTTPConnection, request: Request) -> None:
         self.conn = conn
@@ -272,36 +284,31 @@ class Exchange:
         """Build the head: the application's headers (parsed once per distinct list), framing, Date, Server,
         Connection."""
         request = self.request
-        code = self.code
         part = self.conn.handler.heads.get(self.status, self.headers)
         self.length = part.length
-        lines = [part.text]
+        code = part.code
+        framing = b""
         ends_with_close = False
         if code < 200 or code in (204, 304):
             self.no_body = True
         elif self.length is None:
             if whole is not None:
                 self.length = whole
-                lines.append(b"Content-Length: %d\r\n" % whole)
+                framing = b"Content-Length: %d\r\n" % whole
             elif self.no_body:
                 pass  # HEAD of a streamed answer: no length to tell
             elif request.version == "1.1":
                 self.chunked = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
+                framing = CHUNKED_LINE
             else:
                 ends_with_close = True
-        if not part.has_date:
-            lines.append(date_line(self.conn.handler.date_cache))
-        if not part.has_server:
-            lines.append(b"Server: prefork\r\n")
+        date = b"" if part.has_date else date_line(self.conn.handler.date_cache)
         self.keep_alive = self.may_keep_alive(part.wants_close or ends_with_close)
-        if self.keep_alive:
-            if request.version == "1.0":
-                lines.append(b"Connection: keep-alive\r\n")
-        else:
-            lines.append(b"Connection: close\r\n")  # HTTP/1.0 too: a close-delimited body says so (RFC 9112 9.6)
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        # Closing: said in HTTP/1.0 too (a close-delimited body says so, RFC 9112 9.6); keeping: only there.
+        connection = KEEP_ALIVE_LINE if request.version == "1.0" else b""
+        if not self.keep_alive:
+            connection = CLOSE_LINE
+        return b"".join((part.text, framing, date, part.server, connection, b"\r\n"))
 
     def may_keep_alive(self, must_close: bool) -> bool:
         request = self.request
