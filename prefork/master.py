@@ -14,7 +14,6 @@ import logging
 import os
 import selectors
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -41,6 +40,7 @@ from .wakeup import Wakeup
 from .worker_table import ForkWith, WorkerTable
 
 if TYPE_CHECKING:
+    import subprocess
     from ssl import SSLContext
 
 log = logging.getLogger("prefork")

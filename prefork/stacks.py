@@ -17,9 +17,10 @@ import os
 import selectors
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import partial
 
+from .record import dataclass
 from .view import Stop, WorkerProcess
 
 log = logging.getLogger("prefork")

@@ -35,11 +35,11 @@ import selectors
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import proctitle
 from .pidfile import Pidfile
+from .record import dataclass
 from .sockets import SD_LISTEN_FDS_START, Listener
 
 if TYPE_CHECKING:

@@ -12,12 +12,12 @@ import os
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import privileges
 from .access import Network, network_list
 from .errors import ConfigError
+from .record import dataclass
 from .sockets import Address, Owner, parse_address, parse_owner
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
