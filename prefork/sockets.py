@@ -13,11 +13,10 @@ import os
 import pwd
 import socket
 import stat
-from dataclasses import field
 
 from .errors import BindError, ConfigError
 from .privileges import numeric_id
-from .record import dataclass
+from .record import dataclass, field
 
 BIND_FORMS = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
 DEFAULT_UNIX_MODE = 0o660  # owner and group may connect; less any bits the umask removes

@@ -17,10 +17,9 @@ import os
 import selectors
 import signal
 import time
-from dataclasses import field
 from functools import partial
 
-from .record import dataclass
+from .record import dataclass, field
 from .view import Stop, WorkerProcess
 
 log = logging.getLogger("prefork")

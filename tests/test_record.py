@@ -1,20 +1,24 @@
-"""prefork.record's @dataclass behaves as the standard one for what prefork's records use, and refuses the rest."""
+"""prefork.record's @dataclass behaves as the standard one for what prefork's records and settings use,
+the standard module's functions take records, and what a record does not support is refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
 from collections import Counter
-from dataclasses import field
 from typing import Any, ClassVar
 
 import pytest
 
 from prefork import record
 
+STANDARD = (dataclasses.dataclass, dataclasses.field)
+RECORD = (record.dataclass, record.field)
 
-def declare(decorate: Any, frozen: bool) -> dict[str, type]:
-    """The same class bodies, declared with ``decorate`` (the standard decorator or the record's)."""
+
+def declare(how: tuple[Any, Any], frozen: bool) -> dict[str, type]:
+    """The same class bodies, declared the standard way or as records (``how``: the decorator and field())."""
+    decorate, field = how
 
     class Plain:
         kind: str
@@ -39,14 +43,22 @@ def declare(decorate: Any, frozen: bool) -> dict[str, type]:
     class Empty:
         pass
 
-    classes = {"Plain": Plain, "Factories": Factories, "OwnHash": OwnHash, "Empty": Empty}
+    class PostInit:
+        given: int = 0
+        derived: int = field(default=0, repr=False)
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "derived", self.given * 2)
+
+    classes = {"Plain": Plain, "Factories": Factories, "OwnHash": OwnHash, "Empty": Empty, "PostInit": PostInit}
     return {name: decorate(frozen=frozen)(cls) for name, cls in classes.items()}
 
 
 ARGUMENTS = {"Plain": [("tcp",), ("tcp", "h", 80), ("tcp",), {"kind": "unix", "port": 1}],
              "Factories": [("a",), ("a", Counter(x=1)), ("b",), {"name": "c", "hidden": True}],
              "OwnHash": [(), (1,), (2,), {"value": 3}],
-             "Empty": [(), (), (), {}]}
+             "Empty": [(), (), (), {}],
+             "PostInit": [(), (1,), (2,), {"given": 3}]}
 
 
 def build(cls: type, args: Any) -> Any:
@@ -74,22 +86,58 @@ def behaviour(cls: type) -> list[Any]:
     factory_made = [build(cls, ARGUMENTS[cls.__name__][0]) for _ in range(2)]
     if hasattr(factory_made[0], "counts"):
         seen.append(factory_made[0].counts is factory_made[1].counts)  # a new default per instance
-    seen.append(sorted(name for name in ("kind", "host", "port", "name", "counts", "hidden", "value")
+    seen.append(sorted(name for name in ("kind", "host", "port", "name", "counts", "hidden", "value", "derived")
                        if name in cls.__dict__))  # which defaults stay class attributes
+    # The standard module's functions, on both.
+    one = instances[-1]
+    seen += [dataclasses.is_dataclass(cls), dataclasses.is_dataclass(one), dataclasses.asdict(one),
+             dataclasses.astuple(one), [(f.name, f.repr, f.default) for f in dataclasses.fields(cls)],
+             vars(dataclasses.replace(one))]
+    if ARGUMENTS[cls.__name__][0]:
+        name = dataclasses.fields(cls)[0].name
+        seen.append(vars(dataclasses.replace(one, **{name: ARGUMENTS[cls.__name__][0][0]})))
     return seen
 
 
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("name", sorted(ARGUMENTS))
 def test_a_record_behaves_as_a_standard_dataclass(frozen: bool, name: str) -> None:
-    standard = declare(dataclasses.dataclass, frozen)[name]
-    ours = declare(record.dataclass, frozen)[name]
+    standard = declare(STANDARD, frozen)[name]
+    ours = declare(RECORD, frozen)[name]
     assert behaviour(ours) == behaviour(standard)
 
 
+@pytest.mark.parametrize("name", sorted(ARGUMENTS))
+def test_record_fields_and_replace_are_the_standard_ones(name: str) -> None:
+    standard = declare(STANDARD, True)[name]
+    ours = declare(RECORD, True)[name]
+    described = [(f.name, f.repr, f.default, f.default_factory) for f in dataclasses.fields(standard)]
+    assert [(f.name, f.repr, f.default, f.default_factory) for f in record.fields(ours)] == \
+        [(n, r, record.MISSING if d is dataclasses.MISSING else d, record.MISSING if d2 is dataclasses.MISSING else d2)
+         for n, r, d, d2 in described]
+    for args in ARGUMENTS[name]:
+        for changes in ({}, {f.name: getattr(build(ours, args), f.name) for f in record.fields(ours)}):
+            assert vars(record.replace(build(ours, args), **changes)) == \
+                vars(dataclasses.replace(build(standard, args), **changes))
+    with pytest.raises(TypeError):
+        record.replace(build(ours, ARGUMENTS[name][0]), nope=1)
+
+
+def test_settings_read_through_the_standard_module_as_before() -> None:
+    """A hook may have read ``server.settings`` with dataclasses' functions: they still work."""
+    from prefork.settings import FIELDS, Settings
+
+    settings = Settings(app="m:f")
+    assert [f.name for f in dataclasses.fields(Settings)] == list(FIELDS)
+    assert dataclasses.replace(settings, workers=3).workers == 3 and dataclasses.asdict(settings)["app"] == "m:f"
+    assert all(f.metadata["meta"] is FIELDS[f.name].metadata["meta"] for f in dataclasses.fields(settings))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.workers = 3  # type: ignore[misc]
+
+
 def test_missing_and_unknown_arguments_are_refused_as_by_a_dataclass() -> None:
-    for decorate in (dataclasses.dataclass, record.dataclass):
-        cls = declare(decorate, True)["Plain"]
+    for how in (STANDARD, RECORD):
+        cls = declare(how, True)["Plain"]
         with pytest.raises(TypeError):
             cls()
         with pytest.raises(TypeError):
@@ -121,18 +169,10 @@ def test_what_a_record_does_not_support_is_refused() -> None:
 
     refused.append(WithClassVar)
 
-    class WithPostInit:
-        a: int = 0
+    class StandardField:
+        a: int = dataclasses.field(default=0)
 
-        def __post_init__(self) -> None:
-            pass
-
-    refused.append(WithPostInit)
-
-    class NotInInit:
-        a: int = field(default=0, init=False)
-
-    refused.append(NotInInit)
+    refused.append(StandardField)
 
     class OrderOfDefaults:
         a: int = 0

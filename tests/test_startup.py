@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Modules the master of `prefork run` loads only when a setting asks for them (subprocess: --reload's watcher).
+# Modules the master of `prefork run` loads only when a setting asks for them (subprocess: --reload's watcher;
+# dataclasses: records are prefork.record's, the standard module is loaded only to read one through it).
 ON_DEMAND = ("ssl", "psutil", "prefork.http", "httptools", "json", "tomllib", "difflib", "prefork.tls",
-             "prefork.client", "prefork.status_table", "subprocess")
-# And once it has bound, read without click (which loads datetime itself): datetime is for JSON logs;
-# encodings.idna, which getaddrinfo loads for a host given as a str, for a host name.
-ON_DEMAND_WITHOUT_CLICK = (*ON_DEMAND, "datetime", "encodings.idna")
+             "prefork.client", "prefork.status_table", "subprocess", "dataclasses")
+# And once it has bound, read without click (which loads datetime and inspect itself): datetime is for JSON
+# logs; encodings.idna, which getaddrinfo loads for a host given as a str, for a host name; inspect, ast and
+# dis came with dataclasses.
+ON_DEMAND_WITHOUT_CLICK = (*ON_DEMAND, "datetime", "encodings.idna", "inspect", "ast", "dis")
 
 
 def loaded_by_master(*argv: str) -> set[str]:
