@@ -48,12 +48,14 @@ FACTORY = object()  # an __init__ argument's default when the field has a defaul
 
 
 class Field:
-    """One field of a record: its name, default or default factory, whether repr shows it, its metadata."""
+    """One field of a record: its name and type (the annotation, a string under ``from __future__ import
+    annotations``), its default or default factory, whether repr shows it, its metadata."""
 
-    __slots__ = ("default", "default_factory", "metadata", "name", "repr")
+    __slots__ = ("default", "default_factory", "metadata", "name", "repr", "type")
 
     def __init__(self, default: Any, default_factory: Any, repr: bool, metadata: Mapping[str, Any] | None) -> None:
-        self.name = ""  # set when the class is made a record
+        self.name = ""  # these two are set when the class is made a record
+        self.type: Any = None
         self.default = default
         self.default_factory = default_factory
         self.repr = repr
@@ -85,7 +87,7 @@ class StandardFields:
             if f.default_factory is not MISSING:
                 given["default_factory"] = f.default_factory
             standard: Any = dataclasses.field(**given)
-            standard.name, standard.type = name, own_annotations(cls)[name]
+            standard.name, standard.type = name, f.type
             standard._field_type = dataclasses._FIELD  # type: ignore[attr-defined]  # what fields() keeps
             described[name] = standard
         cls.__dataclass_fields__ = described  # type: ignore[attr-defined]  # read once
@@ -169,7 +171,7 @@ def read_fields(cls: type) -> dict[str, Field]:
     """The fields in order; as dataclass leaves the class: a plain default stays a class attribute, a
     field() default becomes one, a factory leaves none."""
     declared: dict[str, Field] = {}
-    for name in own_annotations(cls):
+    for name, annotation in own_annotations(cls).items():
         value = cls.__dict__.get(name, MISSING)
         if isinstance(value, Field):
             delattr(cls, name)
@@ -177,7 +179,7 @@ def read_fields(cls: type) -> dict[str, Field]:
                 setattr(cls, name, value.default)
         else:
             value = Field(value, MISSING, True, None)
-        value.name = name
+        value.name, value.type = name, annotation
         declared[name] = value
     return declared
 

@@ -112,6 +112,7 @@ def test_record_fields_and_replace_are_the_standard_ones(name: str) -> None:
     standard = declare(STANDARD, True)[name]
     ours = declare(RECORD, True)[name]
     described = [(f.name, f.repr, f.default, f.default_factory) for f in dataclasses.fields(standard)]
+    assert [f.type for f in record.fields(ours)] == [f.type for f in dataclasses.fields(standard)]
     assert [(f.name, f.repr, f.default, f.default_factory) for f in record.fields(ours)] == \
         [(n, r, record.MISSING if d is dataclasses.MISSING else d, record.MISSING if d2 is dataclasses.MISSING else d2)
          for n, r, d, d2 in described]
