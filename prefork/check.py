@@ -7,7 +7,6 @@ status of the first (config 2, app 4, bind 1).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import select
@@ -18,7 +17,6 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from . import hooks, privileges
 from .daemon import refuse_under_systemd
@@ -28,6 +26,7 @@ from .importer import import_app
 from .inetd import find_program  # imported before the child drops privileges (its modules may be root's)
 from .log import open_regular
 from .pidfile import read_pid
+from .record import dataclass, fields
 from .reload import load_tls_context
 from .settings import Settings
 from .sockets import Address
@@ -284,7 +283,7 @@ def running_server(settings: Settings) -> int | None:
 
 def other_addresses(settings: Settings) -> Iterator[tuple[str, Address]]:
     """Addresses the master binds besides --bind (--metrics-bind, say): any setting holding one."""
-    for f in dataclasses.fields(settings):
+    for f in fields(settings):
         value = getattr(settings, f.name)
         if f.name != "bind" and isinstance(value, Address) and value not in settings.bind:
             yield f.name, value

@@ -23,7 +23,7 @@ from . import protocol, status_table
 from .errors import ControlError, NotRunningError, UsageError
 from .pidfile import pid_in_file
 from .protocol import MASTER_TITLE, control_path
-from .settings import Settings
+from .settings import FIELDS
 from .values import Number
 
 QUERY_TIMEOUT = 5.0
@@ -196,7 +196,7 @@ def parse_scale(spec: str) -> tuple[int, bool]:
 
 
 def _check_count(wanted: int, what: str) -> None:
-    bounds: Number = Settings.__dataclass_fields__["workers"].metadata["meta"].parse  # as --workers is bounded
+    bounds: Number = FIELDS["workers"].metadata["meta"].parse  # as --workers is bounded
     if not bounds.minimum <= wanted <= bounds.maximum:
         raise UsageError(f"{what} (expected {bounds.bounds})")
 

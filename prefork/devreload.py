@@ -19,7 +19,6 @@ import importlib.util
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +29,9 @@ from .errors import ConfigError, describe_status
 
 if TYPE_CHECKING:
     from .settings import Settings
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger("prefork")
 
@@ -45,6 +47,8 @@ def start_watcher(master_pid: int, directory: str, extra_files: Sequence[str]) -
     """The watcher process for ``directory`` and ``extra_files``; ConfigError without watchfiles."""
     if importlib.util.find_spec("watchfiles") is None:
         raise ConfigError("reload: needs the watchfiles package (pip install 'prefork[dev]')")
+    import subprocess  # only with --reload: a plain master does not load it
+
     argv = [sys.executable, "-m", "prefork.devreload", str(master_pid), directory, *extra_files]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
     log.info("--reload: watching *.py under %s%s (watcher pid %d)", directory,

@@ -11,7 +11,6 @@ drifts from the declaration, so a new setting is documented by running this.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import json
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import errors, hooks
+from .record import MISSING, Field
 from .settings import declared, default_text
 from .sources import ENV_PREFIX
 from .values import Meta
@@ -61,7 +61,7 @@ def cli_flag(name: str, meta: Meta) -> str:
     return f"`{spelt} {meta.metavar}`" if meta.metavar else f"`{spelt}`"
 
 
-def example_value(f: dataclasses.Field[Any], meta: Meta) -> str:
+def example_value(f: Field, meta: Meta) -> str:
     """The right-hand side of ``name = ...`` in the example config: the default, as TOML.
 
     An unset default is written ``""`` when the setting reads an empty string as
@@ -69,7 +69,7 @@ def example_value(f: dataclasses.Field[Any], meta: Meta) -> str:
     itself, is written ``<what it is>``: not TOML, to be edited before uncommenting.
     """
     placeholder = f"<{default_text(f, meta) or 'none'}>"
-    if f.default is dataclasses.MISSING:  # a default_factory: computed at run time (the CPU count)
+    if f.default is MISSING:  # a default_factory: computed at run time (the CPU count)
         return placeholder
     written = toml_value(f.default) if f.default is not None else '""'
     try:

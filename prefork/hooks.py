@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import AppImportError, ConfigError
 from .importer import import_app
+from .record import dataclass
 from .view import ServerView, WorkerProcess
 
 if TYPE_CHECKING:

@@ -8,11 +8,11 @@ because closing a listener drops the connections queued on it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
 from .drain import queued, refuse_handshakes
+from .record import replace
 from .settings import Settings
 from .sockets import Listener, create_listener, listeners_from_environment, open_listeners, set_blocking_mode
 from .upgrade import inherited_ownership
@@ -41,7 +41,7 @@ class Listeners:
                 # Sockets an old master created are ours to unlink at exit; systemd's never are,
                 # not even after an upgrade from a socket-activated master.
                 listener.owned = owned
-            settings = dataclasses.replace(settings, bind=tuple(lst.address for lst in inherited))
+            settings = replace(settings, bind=tuple(lst.address for lst in inherited))
         else:
             self.shared = open_listeners(settings.bind, settings.backlog, settings.reuse_port,
                                          unix_mode=settings.unix_mode, unix_owner=settings.unix_owner)
@@ -60,7 +60,7 @@ class Listeners:
         Returns ``new``, with the bind list we were started with when our sockets were inherited.
         """
         if self.inherited:
-            new = dataclasses.replace(new, bind=tuple(lst.address for lst in self.shared))
+            new = replace(new, bind=tuple(lst.address for lst in self.shared))
         have = {listener.address for listener in self.shared}
         for address in new.bind:
             if address not in have:

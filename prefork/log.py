@@ -27,7 +27,6 @@ import logging
 import os
 import stat
 import sys
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 LOGGER_NAME = "prefork"
@@ -139,6 +138,8 @@ class RecordHandler(logging.Handler):
 
 def rfc3339(timestamp: float) -> str:
     """``2026-12-01T22:41:16.123+00:00``: UTC, milliseconds."""
+    from datetime import UTC, datetime  # only for JSON (logs, access logs): a plain master does not load it
+
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 

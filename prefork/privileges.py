@@ -16,9 +16,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
 
 from .errors import ConfigError, PreforkError
+from .record import dataclass
 
 
 class PrivilegeError(PreforkError):

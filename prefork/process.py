@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 
 
+def find_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: the event pipe write fails once the master is gone
+
+
+# Looked up once, where this module is imported (the master), not in each worker after fork: loading
+# the library and making the function object there wrote ~100 KB of pages the worker shared (its USS).
+PRCTL = find_prctl()
+
+
 def set_parent_death_signal(sig: int) -> None:
     """Ask Linux to send ``sig`` when the master dies, so no worker outlives it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the event pipe write fails once the master is gone
+    if PRCTL is not None:
+        PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def open_fds() -> list[int]:

@@ -15,8 +15,9 @@ import ipaddress
 import socket
 import struct
 import time
-from dataclasses import dataclass
 from typing import Any
+
+from .record import dataclass
 
 V1_PREFIX = b"PROXY "
 V1_MIN = len(b"PROXY UNKNOWN\r\n")  # the shortest header of either version: reading this much is safe

@@ -10,17 +10,15 @@ line (:func:`prefork.sources.load`) in ``sources.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from .access import LOOPBACK, Network, network_list
 from .errors import ConfigError
 from .log import LOG_FORMATS
+from .record import Field, dataclass, fields
 from .sockets import Address, Owner, parse_address
 from .values import (
     Meta,
@@ -197,7 +195,7 @@ class Settings:
         1, help="Threads per worker, each accepting and serving connections itself.",
         parse=integer(1, 1024), metavar="N",
     )
-    metrics_bind: Address | None = setting(  # noqa: RUF009 - Address is frozen
+    metrics_bind: Address | None = setting(
         None, help="Serve Prometheus metrics at http://ADDR/metrics and health checks at /livez, /readyz, from the "
         "master (set at start).",
         parse=optional_address, metavar="ADDR",
@@ -264,7 +262,7 @@ class Settings:
         None, help="Mode of unix socket files (octal).", parse=file_mode, metavar="MODE",
         shown_default="660 less the umask's bits",
     )
-    unix_owner: Owner | None = setting(  # noqa: RUF009 - Owner is frozen
+    unix_owner: Owner | None = setting(
         None, help="Owner of unix socket files, USER[:GROUP] (names or ids).", parse=owner, metavar="USER[:GROUP]",
     )
     # --- HTTP: --wsgi serves APP as a WSGI application (prefork/http/) ---
@@ -388,9 +386,12 @@ def check_exec_settings(settings: Settings) -> None:
         raise ConfigError("idle_timeout: the program holds the socket itself; in exec mode use timeout")
 
 
-def declared() -> Iterator[tuple[dataclasses.Field[Any], Meta]]:
+FIELDS = {f.name: f for f in fields(Settings)}  # each setting's field by name
+
+
+def declared() -> Iterator[tuple[Field, Meta]]:
     """Each setting's field and metadata, in declaration order."""
-    for f in dataclasses.fields(Settings):
+    for f in fields(Settings):
         yield f, f.metadata["meta"]
 
 
@@ -400,10 +401,10 @@ def start_only_changes(old: Settings, new: Settings) -> list[str]:
 
 
 def names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Settings)]
+    return list(FIELDS)
 
 
-def default_text(f: dataclasses.Field[Any], meta: Meta) -> str:
+def default_text(f: Field, meta: Meta) -> str:
     """The default as a person reads it (docs and --help)."""
     if meta.shown_default:
         return meta.shown_default

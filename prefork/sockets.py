@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import errno
 import grp
+import ipaddress
 import os
 import pwd
 import socket
 import stat
-from dataclasses import dataclass, field
 
 from .errors import BindError, ConfigError
 from .privileges import numeric_id
+from .record import dataclass, field
 
 BIND_FORMS = "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N"
 DEFAULT_UNIX_MODE = 0o660  # owner and group may connect; less any bits the umask removes
@@ -152,10 +153,20 @@ def create_listener(address: Address, backlog: int, reuse_port: bool = False, *,
     return _create_tcp(address, backlog, reuse_port)
 
 
+def host_argument(host: str) -> str | bytes:
+    """An IP address as bytes, a name as it is: getaddrinfo encodes a str with the idna codec, whose
+    import (encodings.idna, stringprep, unicodedata) is about 1 ms of the start; an address is ASCII."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return host.encode("ascii")
+
+
 def _create_tcp(address: Address, backlog: int, reuse_port: bool) -> Listener:
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host_argument(address.host), address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise BindError(f"cannot resolve {address}: {exc.strerror}") from None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .settings import Settings, names
+from .settings import FIELDS, Settings, names
 from .values import FileMode, Meta
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def _unknown(key: str, where: str, spell: Callable[[str], str] = repr) -> Config
 
 
 def _parse(name: str, value: object, where: str) -> Any:
-    meta: Meta = Settings.__dataclass_fields__[name].metadata["meta"]
+    meta: Meta = FIELDS[name].metadata["meta"]
     try:
         return meta.parse(value)
     except ConfigError as exc:
@@ -102,9 +102,9 @@ def read_file(path: str) -> dict[str, Any]:
         where = f"{path}, line {line}" if line else path
         if key == "config":
             raise ConfigError(f"{where}: 'config' cannot be set in a config file (use -c or PREFORK_CONFIG)")
-        if key not in Settings.__dataclass_fields__ and isinstance(value, dict):
+        if key not in FIELDS and isinstance(value, dict):
             raise ConfigError(f"{where}: unknown table [{key}] (settings are top-level keys, before any table)")
-        if key not in Settings.__dataclass_fields__:
+        if key not in FIELDS:
             raise _unknown(key, where)
         if isinstance(value, int) and line and _written_in_octal(source, line):
             value = FileMode(value)  # umask = 0o077; a mode written in decimal is refused
@@ -137,13 +137,13 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         if not var.startswith(ENV_PREFIX):
             continue
         key = var[len(ENV_PREFIX) :].lower()
-        if key not in Settings.__dataclass_fields__ and _closest(key) is None:
+        if key not in FIELDS and _closest(key) is None:
             if var not in _ignored_variables:
                 _ignored_variables.add(var)
                 logging.getLogger("prefork").warning("ignoring the environment variable %s: no setting is named so",
                                                      var)
             continue
-        if key not in Settings.__dataclass_fields__:
+        if key not in FIELDS:
             raise _unknown(key, "environment", spell=env_var)
         values[key] = _parse(key, value, f"environment variable {var}")
     return values

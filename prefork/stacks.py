@@ -19,9 +19,9 @@ import os
 import selectors
 import signal
 import time
-from dataclasses import dataclass, field
 from functools import partial
 
+from .record import dataclass, field
 from .view import Stop, WorkerProcess
 
 log = logging.getLogger("prefork")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
+from .record import dataclass, field
 from .scoreboard import Slot
 
 # Why the master replaced a worker (the keys of Stats.restarts and of the restarts metric).

@@ -34,12 +34,12 @@ import os
 import selectors
 import signal
 import sys
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 from . import proctitle
 from .pidfile import Pidfile
+from .record import dataclass
 from .sockets import SD_LISTEN_FDS_START, Listener
 from .view import ServerView, generation_booted
 

@@ -7,17 +7,16 @@ ConfigError saying what is wrong with it; the caller adds where it was written.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import privileges
 from .access import Network, network_list
 from .errors import ConfigError
+from .record import dataclass, field
 from .sockets import Address, Owner, parse_address, parse_owner
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -50,8 +49,8 @@ def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **
     """Declare a field of :class:`Settings` with its :class:`Meta`."""
     md = {"meta": Meta(**meta)}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=md)
-    return dataclasses.field(default=default, metadata=md)
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
 
 
 # --- parsers: each takes a value from any source (str from CLI/env, native from TOML) ---

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from .record import dataclass
 from .scoreboard import BUSY, Scoreboard, Slot
 from .stats import PROGRAM_COUNTS, Stats
 

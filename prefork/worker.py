@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import events, hooks, keepalive, privileges, proctitle
@@ -28,6 +27,7 @@ from .importer import load_handler
 from .log import Log
 from .peer import Handler, format_peer
 from .process import open_fds, set_parent_death_signal
+from .record import dataclass
 from .scoreboard import IDLE, STOPPING, Scoreboard, Slot
 from .settings import Settings
 from .sockets import Listener

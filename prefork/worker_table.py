@@ -15,7 +15,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from . import hooks
 from .errors import describe_status
 from .events import EVENT_BOOTED, EVENT_RETIRE
 from .keepalive import keeps_connections
+from .record import dataclass
 from .scoreboard import BUSY, Scoreboard
 from .stats import RESTART_DIED, RESTART_MAX_REQUESTS, RESTART_MEMORY, RESTART_TIMEOUT, Stats
 from .threaded import make_nonblocking, run_worker

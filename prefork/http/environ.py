@@ -12,12 +12,12 @@ the right, skipping trusted proxies: the first untrusted address is the client.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from .. import __version__
 from ..access import Rules, client_ip, compile_rules, in_any
+from ..record import dataclass
 from ..settings import Settings
 from .parser import Limits, Request
 
