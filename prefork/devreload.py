@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError, describe_status
 
 if TYPE_CHECKING:
-    from .settings import Settings
-
-if TYPE_CHECKING:
     import subprocess
+
+    from .settings import Settings
 
 log = logging.getLogger("prefork")
 
