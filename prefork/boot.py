@@ -15,7 +15,7 @@ import time
 
 from .errors import WORKER_EXIT_APP, AppImportError, BootError, PreforkError, describe_status
 from .stats import Stats
-from .view import WorkerProcess
+from .view import ServerView, WorkerProcess
 
 log = logging.getLogger("prefork")
 
@@ -58,15 +58,13 @@ class BootPolicy:
         self.failures += 1
         self.stats.boot_failures += 1
 
-    def failed(self, worker: WorkerProcess, status: int, trial: int | None, stopping: bool,
-               served: str) -> str | PreforkError | None:
-        """A worker exited before it booted. A str: why the reload of its generation (``trial``, the one on
-        trial) fails; an error: the server halts with it; None: the next fork waits a while (or, ``stopping``,
-        never comes)."""
+    def failed(self, worker: WorkerProcess, status: int, view: ServerView) -> str | PreforkError | None:
+        """A worker exited before it booted. A str: why the reload of its generation (the one on trial) fails;
+        an error: the server halts with it; None: the next fork waits a while (or, once stopping, never comes)."""
         self.count_failure()
-        if worker.generation == trial:
+        if worker.generation == view.pending:
             return f"{worker.describe()} exited during boot ({describe_status(status)})"
-        return None if stopping else self.decide(worker, status, served)
+        return None if view.stopping is not None else self.decide(worker, status, view.settings.served)
 
     def decide(self, worker: WorkerProcess, status: int, served: str) -> PreforkError | None:
         """After :meth:`count_failure`: the error to halt with, or None (the next fork waits a while).

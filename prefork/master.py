@@ -7,7 +7,8 @@ through :attr:`Master.signal_table`, the whole signal policy on one screen.
 What it does to workers lives in ``worker_table.py``, reloads in ``reload.py``,
 the binary upgrade in ``upgrade.py``, the boot back-off in ``boot.py``, the
 worker count in ``worker_count.py``, the control socket and metrics in
-``control.py``, and ``--reload``'s watcher in ``devreload.py``.
+``control.py``, and ``--reload``'s watcher in ``devreload.py``. Those helpers never
+get the Master: they read its view, ``master_view.MasterView``, built from its parts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import EXIT_OK, PreforkError
 from .events import EventPipe
 from .listeners import Listeners
 from .log import Log
+from .master_view import MasterFds, MasterView
 from .peer import Handler
 from .pidfile import Pidfile, claim
 from .pool import Pool
@@ -37,7 +39,7 @@ from .stacks import Stacks
 from .stats import Stats
 from .systemd import Notifier
 from .upgrade import Upgrade, upgraded_from
-from .view import Stop, WorkerProcess, generation_booted, worker_limits
+from .view import Stop, StopState, WorkerProcess, generation_booted, worker_limits
 from .wakeup import Wakeup
 from .worker_count import WorkerCount
 from .worker_table import ForkWith, WorkerTable
@@ -74,19 +76,24 @@ class Master:
                                 tls_context)
         self.pidfile: Pidfile | None = None
         self.watcher = devreload.Watcher(self.pid)  # --reload's file watcher process
-        self.stopping: Stop | None = None  # GRACEFUL or FAST once the server stops
+        self.stop = StopState()  # how the server stops (None while it serves); the view and the upgrade read it
         self.delay = ShutdownDelay()  # after TERM with --shutdown-delay: serving until it ends
         self.halt_error: Exception | None = None
         self.pool = Pool()  # --max-workers: decides the worker count from the scoreboard
         self.selector = selectors.DefaultSelector()
-        self.endpoints = control.Endpoints(self, self.selector)  # control socket, metrics: answered in our loop
-        self.upgrade = Upgrade(self.selector, self, self.endpoints)  # the successor a USR2 started, or whom we replace
+        self.upgrade = Upgrade(self.selector, self.stop)  # the successor a USR2 started, or whom we replace
+        self.stacks = Stacks(self.selector)  # the workers' faulthandler pipes
+        # What helpers read of us, from the parts that own each fact: they never get the Master itself.
+        self.view = MasterView(self.pid, self.gens, self.count, self.table, self.stop, self.delay, self.upgrade,
+                               self.listeners, self.stacks)
+        self.endpoints = control.Endpoints(self.view, self.selector)  # control socket, metrics: answered in our loop
         self.wakeup = Wakeup(HANDLED_SIGNALS)
         self.events = EventPipe()
-        self.stacks = Stacks(self.selector)  # the workers' faulthandler pipes
-        self.hook_server = hooks.Server(self)  # what hooks may read of us
+        self.hook_server = hooks.Server(self.view)  # what hooks may read of us
+        pipes = (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno())
+        self.fds = MasterFds(pipes, self.endpoints, self.stacks)  # what a worker closes first thing
         self.fork_with = ForkWith(self.listeners, log_, preloaded, self.hook_server, self.pid, self.events.write_fd,
-                                  self.own_fds, HANDLED_SIGNALS, self.stacks)
+                                  self.fds.now, HANDLED_SIGNALS, self.stacks)
         self.signal_table: dict[int, Callable[[], None]] = {
             signal.SIGHUP: self.handle_hup,  # reload: new generation, then retire the old
             signal.SIGTERM: self.handle_term,  # graceful stop
@@ -100,21 +107,6 @@ class Master:
             signal.SIGWINCH: self.handle_winch,  # from our upgraded successor: retire
         }
 
-    # --- what helpers read (view.ServerView) ---
-
-    settings = property(lambda self: self.gens.settings)
-    generation = property(lambda self: self.gens.generation)
-    pending = property(lambda self: self.gens.pending)
-    pending_settings = property(lambda self: self.gens.pending_settings)
-    new_master = property(lambda self: self.upgrade.new_master_pid)
-    replaces = property(lambda self: self.upgrade.replaces_pid)
-    shutdown_delay_ends = property(lambda self: self.delay.ends)
-
-    num_workers = property(lambda self: self.count.target)
-    workers = property(lambda self: self.table.workers)  # pid -> WorkerProcess
-    listener_names = property(lambda self: [listener.name for listener in self.listeners.shared])
-    stack_report = property(lambda self: self.stacks.answer())
-
     # --- the loop ---
 
     def run(self) -> int:
@@ -124,10 +116,11 @@ class Master:
             while True:
                 self.end_shutdown_delay()
                 self.manage_workers()
-                self.notifier.report(self)
-                if self.stopping and not self.workers:
+                self.notifier.report(self.view)
+                if self.stop.how and not self.table.workers:
                     break
-                self.wait(self.next_timeout())
+                for key, _ in self.selector.select(self.next_timeout()):
+                    key.data()  # a signal, a worker's event or log line, a control request, ...
         finally:
             self.cleanup()
         if self.halt_error is not None:
@@ -135,13 +128,13 @@ class Master:
         return EXIT_OK
 
     def start(self) -> None:
-        hooks.run("on_starting", self.settings, self.hook_server)
+        hooks.run("on_starting", self.gens.settings, self.hook_server)
         self.upgrade.replaces = upgraded_from(os.environ)
-        self.gens.settings = settings = self.listeners.open(self.settings, os.environ)
+        self.gens.settings = settings = self.listeners.open(self.gens.settings, os.environ)
         # The title first: control commands take a pid file's process for a master by its title.
         proctitle.set_title(f"master [{settings.proc_name}]")
         if settings.pid:
-            self.pidfile = claim(settings.pid, self.pid)
+            self.pidfile = self.fds.pidfile = claim(settings.pid, self.pid)
         self.scoreboard.header.master_pid = self.pid
         self.endpoints.start(self.pidfile.path if self.pidfile else None)
         self.selector.register(self.wakeup.read_fd, selectors.EVENT_READ, self.dispatch_signals)
@@ -149,21 +142,18 @@ class Master:
         self.selector.register(self.log.pipe_r, selectors.EVENT_READ, self.log.drain_workers)  # workers' log lines
         self.wakeup.install()
         self.watcher.start(settings)  # --reload (development): a watcher process HUPs us when the code changes
-        log.info("master started (pid %d), %d workers, %s", self.pid, self.num_workers, settings.served)
-        hooks.run("when_ready", self.settings, self.hook_server)
-
-    def wait(self, timeout: float | None) -> None:
-        for key, _ in self.selector.select(timeout):
-            key.data()
+        log.info("master started (pid %d), %d workers, %s", self.pid, self.count.target, settings.served)
+        hooks.run("when_ready", self.gens.settings, self.hook_server)
 
     def next_timeout(self) -> float | None:
         """Seconds until the next deadline; None (sleep until woken) when there is none."""
         now = time.monotonic()
-        deadlines = self.table.deadlines(now, worker_limits(self))  # kills due, --timeout, --boot-timeout, memory
+        deadlines = self.table.deadlines(now, worker_limits(self.view))  # kills due, --timeout, --boot-timeout, memory
         # The boot back-off; systemd's WATCHDOG=1; the end of a stack a worker is writing (stacks.py). Only while
         # serving (manage_workers skips them once stopping: a deadline left in the past would never let us sleep):
         # the adaptive pool's look at the scoreboard, the end of --shutdown-delay, starting --reload's watcher again.
-        serving = () if self.stopping else (self.pool.deadline(self.settings), self.delay.ends, self.watcher.deadline())
+        serving = () if self.stop.how else (self.pool.deadline(self.gens.settings), self.delay.ends,
+                                            self.watcher.deadline())
         for deadline in (self.boot.deadline(now), self.notifier.watchdog_deadline(), self.stacks.deadline(), *serving):
             if deadline is not None:
                 deadlines.append(deadline)
@@ -180,27 +170,29 @@ class Master:
         for pid, event in self.events.read():
             booted = self.table.event(pid, event)
             if booted is not None:
-                self.worker_booted(booted)
+                self.boot.booted(booted)
+                self.notifier.report(self.view)  # READY (and MAINPID after an upgrade) before the old master retires
+                self.upgrade.tell_replaced_master(self.view)
 
     # --- signal handlers (called from the loop, never from signal context) ---
 
     def handle_term(self) -> None:
         """Graceful stop, after --shutdown-delay; a TERM during the delay ends it, one during the stop makes it fast."""
-        if self.stopping:
+        if self.stop.how:
             log.info("second stop signal: stopping fast")
             self.stop_all(Stop.FAST)
-        elif self.delay.begin(self.settings.shutdown_delay):
-            self.notifier.stopping(self)  # systemd and a readiness check hear it from the TERM on
+        elif self.delay.begin(self.gens.settings.shutdown_delay):
+            self.notifier.stopping(self.view)  # systemd and a readiness check hear it from the TERM on
         else:
             self.stop_gracefully()
 
     def end_shutdown_delay(self) -> None:
-        if self.delay.over(time.monotonic()) and not self.stopping:
+        if self.delay.over(time.monotonic()) and not self.stop.how:
             self.stop_gracefully()
 
     def stop_gracefully(self) -> None:
         log.info("graceful stop: finishing the connections in flight and queued (up to %gs)",
-                 self.settings.graceful_timeout)
+                 self.gens.settings.graceful_timeout)
         self.stop_all(Stop.GRACEFUL)
 
     def handle_int(self) -> None:
@@ -208,11 +200,11 @@ class Master:
         self.stop_all(Stop.FAST)
 
     def handle_ttin(self) -> None:
-        if not self.stopping:
+        if not self.stop.how:
             self.count.more()
 
     def handle_ttou(self) -> None:
-        if not self.stopping:
+        if not self.stop.how:
             self.count.fewer()
 
     def handle_usr1(self) -> None:
@@ -222,21 +214,22 @@ class Master:
 
     def handle_usr2(self) -> None:
         """Binary upgrade: start a new master on our listeners; it tells us (WINCH) when it serves."""
-        if self.stopping or self.delay.ends is not None or self.upgrade.under_way:
+        if self.stop.how or self.delay.ends is not None or self.upgrade.under_way:
             log.warning("USR2 ignored: %s", "an upgrade is under way" if self.upgrade.under_way else "stopping")
         else:
-            self.upgrade.start(self.listeners.shared, self.notifier.environment(), self.pidfile, HANDLED_SIGNALS)
+            self.upgrade.start(self.listeners.shared, self.notifier.environment(), self.pidfile, self.endpoints,
+                               HANDLED_SIGNALS)
 
     def handle_winch(self) -> None:
         """From our upgraded successor (once it serves): retire; from a terminal resize: nothing."""
-        if not self.stopping and self.upgrade.replaced(self.notifier, self.settings.proc_name):
+        if not self.stop.how and self.upgrade.replaced(self.notifier, self.gens.settings.proc_name):
             self.listeners.let_go()  # the new master holds them now: never unlink
             self.stop_all(Stop.GRACEFUL)
 
     def handle_hup(self) -> None:
-        if self.stopping:
+        if self.stop.how:
             return
-        new = self.gens.reload(self, self.reload_settings, self.log, self.preloaded is not None)
+        new = self.gens.reload(self.view, self.reload_settings, self.log, self.preloaded is not None)
         if new is not None:
             self.boot.reset()
             hooks.run("on_reload", new, self.hook_server)
@@ -245,49 +238,37 @@ class Master:
 
     def manage_workers(self) -> None:
         """Bring the worker table (and --reload's watcher) to what it should be; called after every wake-up."""
-        graceful = self.settings.graceful_timeout
+        graceful = self.gens.settings.graceful_timeout
         self.stacks.flush_due(time.monotonic())
-        self.table.check(worker_limits(self))  # none once stopping
+        self.table.check(worker_limits(self.view))  # none once stopping
         self.table.kill_overdue(graceful)
-        if self.stopping:
+        if self.stop.how:
             return
         self.watcher.restart_if_due(time.monotonic())
-        self.count.follow(self.pool.adjust(self, time.monotonic()))
-        self.gens.spawn_missing(self, self.boot, self.fork_with)  # of the generation being worked towards
-        self.table.retire_surplus(self.num_workers, graceful)
+        self.count.follow(self.pool.adjust(self.view, time.monotonic()))
+        self.gens.spawn_missing(self.view, self.boot, self.fork_with)  # of the generation being worked towards
+        self.table.retire_surplus(self.count.target, graceful)
         self.gens.retire_replaced(graceful)
-        if self.pending is not None and generation_booted(self, self.pending):
-            self.gens.commit(self)
-
-    def own_fds(self) -> tuple[int, ...]:
-        """Our descriptors that a worker closes first thing (pipes, selector, control and metrics sockets, and
-        the pid file: a worker must neither write it nor keep its lock)."""
-        pidfile_fds = self.pidfile.fds() if self.pidfile else []
-        return (self.wakeup.read_fd, self.wakeup.write_fd, self.events.read_fd, self.selector.fileno(),
-                *self.endpoints.fds(), *pidfile_fds, *self.stacks.fds())
-
-    def worker_booted(self, worker: WorkerProcess) -> None:
-        self.boot.booted(worker)
-        self.notifier.report(self)  # READY (and MAINPID after an upgrade) before the old master retires
-        self.upgrade.tell_replaced_master()
+        if self.gens.pending is not None and generation_booted(self.view, self.gens.pending):
+            self.gens.commit(self.view)
 
     def reap_workers(self) -> None:
         for pid, status, worker in self.table.reap():
             if worker is None:  # our only other child: --reload's watcher
-                self.watcher.exited(pid, status, self.stopping is not None)
+                self.watcher.exited(pid, status, self.stop.how is not None)
             else:
                 # Stop.KILL before booting: killed by --boot-timeout, which is a failed boot too.
                 if not worker.booted and worker.stopping in (None, Stop.KILL):
                     self.boot_failed(worker, status)
-                self.listeners.close_slots(self.num_workers, self.table.indexes())
-                hooks.run("worker_exit", self.settings, self.hook_server, hooks.WorkerInfo.of(worker))
+                self.listeners.close_slots(self.count.target, self.table.indexes())
+                hooks.run("worker_exit", self.gens.settings, self.hook_server, hooks.WorkerInfo.of(worker))
 
     def boot_failed(self, worker: WorkerProcess, status: int) -> None:
-        failure = self.boot.failed(worker, status, self.pending, self.stopping is not None, self.settings.served)
+        failure = self.boot.failed(worker, status, self.view)
         if isinstance(failure, PreforkError):
             self.halt(failure)
         elif failure is not None:  # a worker of the generation on trial: the reload fails
-            self.gens.abandon(self, failure)
+            self.gens.abandon(self.view, failure)
 
     # --- stop and exit ---
 
@@ -297,15 +278,14 @@ class Master:
         self.stop_all(Stop.FAST)
 
     def stop_all(self, how: Stop) -> None:
-        first = self.stopping is None
-        self.stopping = Stop.FAST if how is Stop.FAST else (self.stopping or Stop.GRACEFUL)
+        first = self.stop.escalate(how)
         if first:
             # Workers drain what the kernel queued, then leave (unless another master shares our sockets).
             self.scoreboard.header.shutting_down = int(not self.upgrade.under_way)
             self.listeners.stop_serving(shared_with_another_master=self.upgrade.under_way)
-        self.table.stop_all(how, self.settings.graceful_timeout)
+        self.table.stop_all(how, self.gens.settings.graceful_timeout)
         if first:
-            self.notifier.stopping(self)  # after stopping the workers: the drain's deadlines are known
+            self.notifier.stopping(self.view)  # after stopping the workers: the drain's deadlines are known
 
     def cleanup(self) -> None:
         self.wakeup.restore()
@@ -318,6 +298,6 @@ class Master:
         self.stacks.close()
         self.selector.close()
         self.events.close()
-        hooks.run("on_exit", self.settings, self.hook_server)
+        hooks.run("on_exit", self.gens.settings, self.hook_server)
         log.info("master exiting")
 

@@ -41,7 +41,7 @@ from . import proctitle
 from .pidfile import Pidfile
 from .record import dataclass
 from .sockets import SD_LISTEN_FDS_START, Listener
-from .view import ServerView, generation_booted
+from .view import ServerView, StopState, generation_booted
 
 if TYPE_CHECKING:
     from .control import Endpoints
@@ -203,10 +203,11 @@ class Upgrade:
     The successor is not our child (see the module's docstring): no SIGCHLD tells us it exited,
     its pidfd does, registered with the master's ``selector`` while it boots. If it fails, we fall
     back: the pid file and the control socket (of the master's ``endpoints``) are ours again.
+    ``stop`` is the master's stop state: a successor that exits while we retire anyway is no failure.
     """
 
-    def __init__(self, selector: selectors.BaseSelector, view: ServerView, endpoints: Endpoints) -> None:
-        self.selector, self.view, self.endpoints = selector, view, endpoints
+    def __init__(self, selector: selectors.BaseSelector, stop: StopState) -> None:
+        self.selector, self.stop = selector, stop
         self.new_master: NewMaster | None = None  # the master a USR2 upgrade started
         self.replaces: OldMaster | None = None  # the master we were started to replace
 
@@ -224,7 +225,7 @@ class Upgrade:
         return self.new_master is not None or self.replaces is not None
 
     def start(self, listeners: list[Listener], extra_env: dict[str, str], pidfile: Pidfile | None,
-              blocked: tuple[int, ...]) -> None:
+              endpoints: Endpoints, blocked: tuple[int, ...]) -> None:
         """USR2: move the pid file aside and start the new master on ``listeners`` (if it cannot start, fall back)."""
         if pidfile is not None:
             pidfile.rename(pidfile.path + ".oldbin")
@@ -233,12 +234,13 @@ class Upgrade:
             self.new_master = spawn_new_master(listeners, extra_env)
         except OSError as exc:
             log.error("upgrade failed: cannot start a new master: %s", exc.strerror or exc)
-            self.failed(pidfile)
+            self.failed(pidfile, endpoints)
             return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # Called from the master's loop if the new master exits (it is not our child: no SIGCHLD tells us).
-        self.selector.register(self.new_master.fileno(), selectors.EVENT_READ, partial(self.new_master_exited, pidfile))
+        exited = partial(self.new_master_exited, pidfile, endpoints)
+        self.selector.register(self.new_master.fileno(), selectors.EVENT_READ, exited)
         log.info("upgrade: started new master (pid %d); serving until it is ready", self.new_master.pid)
 
     def replaced(self, notifier: Notifier, proc_name: str) -> bool:
@@ -254,7 +256,7 @@ class Upgrade:
         proctitle.set_title(f"master (old) [{proc_name}]")
         return True
 
-    def failed(self, pidfile: Pidfile | None, why: str = "") -> None:
+    def failed(self, pidfile: Pidfile | None, endpoints: Endpoints, why: str = "") -> None:
         """The new master died before it served: take the pid file back, and bind our control socket again
         (the new master may have taken its path)."""
         if why:
@@ -262,17 +264,17 @@ class Upgrade:
         self.forget_new_master()
         if pidfile is not None and pidfile.path.endswith(".oldbin"):
             pidfile.rename(pidfile.path[: -len(".oldbin")])
-        self.endpoints.reclaim()
+        endpoints.reclaim()
 
-    def new_master_exited(self, pidfile: Pidfile | None) -> None:
+    def new_master_exited(self, pidfile: Pidfile | None, endpoints: Endpoints) -> None:
         """Its pidfd is readable: if we were not retiring anyway, it failed (before it served).
 
         Its exit status went to its reaper (the service manager, PID 1); its own log says why it failed.
         """
-        if self.view.stopping is not None:
+        if self.stop.how is not None:
             self.forget_new_master()  # we were retiring anyway
         else:
-            self.failed(pidfile, "exited before it was ready")
+            self.failed(pidfile, endpoints, "exited before it was ready")
 
     def forget_new_master(self) -> None:
         """Let go of the new master's pidfd (it failed, or we exit)."""
@@ -281,10 +283,10 @@ class Upgrade:
             self.new_master.close()
             self.new_master = None
 
-    def tell_replaced_master(self) -> None:
+    def tell_replaced_master(self, view: ServerView) -> None:
         """After an upgrade, once our first generation serves (each of its workers booted), ask the old master
         to retire."""
-        if self.replaces is None or not generation_booted(self.view, self.view.generation):
+        if self.replaces is None or not generation_booted(view, view.generation):
             return
         log.info("upgrade: serving; asking the old master (pid %d) to retire", self.replaces.pid)
         try:

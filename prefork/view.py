@@ -1,8 +1,8 @@
 """What the master's helpers may read of it: a read-only view, its records, and the facts derived from them.
 
 status, metrics, systemd, pool, control and threaded never see the ``Master``:
-they take a :class:`ServerView` (which the master satisfies) and return what
-they decide. Each fact derived from the view has one home here, so that
+they take a :class:`ServerView` (the master's is a ``master_view.MasterView``)
+and return what they decide. Each fact derived from the view has one home here, so that
 "connections served" or "every worker of generation G booted" means the same
 thing in ``prefork status``, the metrics and systemd's STATUS line.
 """
@@ -39,6 +39,19 @@ class Stop(Enum):
     def grace(self, graceful_timeout: float) -> float:
         """Seconds between the signal and SIGKILL."""
         return graceful_timeout if self.fixed_grace is None else self.fixed_grace
+
+
+class StopState:
+    """Whether the server stops, and how: the master's own state, which its view (and the upgrade) read."""
+
+    def __init__(self) -> None:
+        self.how: Stop | None = None  # GRACEFUL or FAST once the server stops
+
+    def escalate(self, how: Stop) -> bool:
+        """Stop ``how``: FAST makes any stop fast, never the other way round. True for the first stop."""
+        first = self.how is None
+        self.how = Stop.FAST if how is Stop.FAST else (self.how or Stop.GRACEFUL)
+        return first
 
 
 class Phase(Enum):

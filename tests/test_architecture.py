@@ -1,4 +1,5 @@
-"""The package's shape: only start.py (the run command) and the master import ``master``; no import cycle.
+"""The package's shape: only start.py (the run command) and the master import ``master``; no import cycle;
+the master never hands itself to a helper.
 
 Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``
 (a cycle there is still two modules that cannot be understood one without the other).
@@ -107,3 +108,50 @@ def test_the_readme_architecture_names_every_module() -> None:
     modules = {path.name for path in PACKAGE.glob("*.py")} - {"__init__.py"}
     assert modules - named == set(), f"README's Architecture does not mention {sorted(modules - named)}"
     assert named - modules == set(), f"README's Architecture names modules that do not exist: {sorted(named - modules)}"
+
+
+# Calls that keep the Master to itself: its selector calls back what the loop registered; a property is its own.
+OWN_CALLS = {"self.selector.register", "property"}
+
+
+def master_handed_out(source: str) -> list[str]:
+    """Every argument in class ``Master`` of ``source`` that hands out the Master: ``self``, one of its methods
+    (a bound method holds it), or a lambda over it; calls in :data:`OWN_CALLS` excepted."""
+    master = next(node for node in ast.parse(source).body if isinstance(node, ast.ClassDef) and node.name == "Master")
+    methods = {node.name for node in master.body if isinstance(node, ast.FunctionDef)}
+
+    def hands_out(arg: ast.expr) -> bool:
+        if isinstance(arg, ast.Name):
+            return arg.id == "self"
+        if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "self":
+            return arg.attr in methods
+        if isinstance(arg, ast.Lambda):
+            return any(isinstance(node, ast.Name) and node.id == "self" for node in ast.walk(arg.body))
+        return False
+
+    found = []
+    for call in (node for node in ast.walk(master) if isinstance(node, ast.Call)):
+        if ast.unparse(call.func) in OWN_CALLS:
+            continue
+        arguments = [*call.args, *(keyword.value for keyword in call.keywords)]
+        found += [f"line {call.lineno}: {ast.unparse(call)}" for arg in arguments if hands_out(arg)]
+    return found
+
+
+def test_no_helper_receives_the_master() -> None:
+    """Helpers get the master's view (master_view.MasterView) or one of its parts, never the Master."""
+    handed = master_handed_out((PACKAGE / "master.py").read_text())
+    assert handed == [], "master.py hands the Master to a helper: " + "; ".join(handed)
+
+
+def test_handing_out_the_master_is_found() -> None:
+    source = """
+class Master:
+    def start(self):
+        self.selector.register(3, 1, self.start)  # the loop's own callback
+        status.snapshot(self.view)
+        hooks.Server(self)
+        ForkWith(own_fds=self.start)
+        Endpoints(lambda: self.view)
+"""
+    assert [line.split(":")[0] for line in master_handed_out(source)] == ["line 6", "line 7", "line 8"]
