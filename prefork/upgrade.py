@@ -202,8 +202,9 @@ class Upgrade:
 
     The successor is not our child (see the module's docstring): no SIGCHLD tells us it exited,
     its pidfd does, registered with the master's ``selector`` while it boots. If it fails, we fall
-    back: the pid file and the control socket (of the master's ``endpoints``) are ours again.
-    ``stop`` is the master's stop state: a successor that exits while we retire anyway is no failure.
+    back: the pid file and the control socket (the ``pidfile`` and ``endpoints`` :meth:`start` is given:
+    the endpoints answer from the master's view, which reads this object, so they cannot come first) are
+    ours again. ``stop`` is the master's stop state: a successor that exits while we retire anyway is no failure.
     """
 
     def __init__(self, selector: selectors.BaseSelector, stop: StopState) -> None:
