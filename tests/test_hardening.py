@@ -219,6 +219,27 @@ def test_a_hup_to_an_access_log_behind_a_symlink_is_refused_and_the_old_generati
     assert (tmp_path / "secret").read_text() == ""
 
 
+def test_a_symlink_swapped_in_for_the_access_log_is_followed_by_neither_master_nor_workers(
+        server: Server, tmp_path: Path) -> None:
+    access, moved, secret = tmp_path / "access.log", tmp_path / "access.log.1", tmp_path / "secret"
+    secret.write_text("")
+    server.start("--wsgi", "--access-log", str(access), app="wsgiapps:hello", workers=1).wait_ready(1)
+    get = b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert server.ask(get).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: access.exists() and "GET /one" in access.read_text(), what="the first line")
+    access.rename(moved)
+    access.symlink_to(secret)
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: "USR1: log files reopened" in server.log(), what="the reopen")
+    assert (f"cannot reopen the access log {access}: it is a symbolic link, not a regular file (refused)"
+            in server.log())
+    said = f"cannot open the access log {access} as uid 0: it is a symbolic link, not a regular file (refused)"
+    wait_for(lambda: server.ask(get.replace(b"/one", b"/two")) and said in server.log(), 20, interval=0.2,
+             what=f"the worker's refusal; log:\n{server.log()}")
+    wait_for(lambda: "GET /two" in moved.read_text(), what="the lines in the old file")
+    assert secret.read_text() == "" and server.log().count(said) == 1
+
+
 # --- the pid file: locked for the master's life (defect 2) ---
 
 
