@@ -27,7 +27,7 @@ from .inetd import find_program  # imported before the child drops privileges (i
 from .log import open_regular
 from .pidfile import read_pid
 from .record import dataclass, fields
-from .reload import load_tls_context
+from .reload import access_log_path, load_tls_context
 from .settings import Settings
 from .sockets import Address
 
@@ -218,8 +218,8 @@ def check_settings(settings: Settings) -> Problem | None:
     """What ``prefork run`` refuses before it starts, beyond each value's own parse."""
     if not settings.app and not settings.exec:
         return Problem(EXIT_USAGE, "no APP given (as an argument, PREFORK_APP or app = ... in the config file)")
-    if settings.log_file:
-        problem = check_log_file(settings.log_file)
+    for name, path in (("log_file", settings.log_file), ("access_log", access_log_path(settings))):
+        problem = check_log_file(path, name) if path else None
         if problem is not None:
             return problem
     try:
@@ -232,8 +232,9 @@ def check_settings(settings: Settings) -> Problem | None:
     return None
 
 
-def check_log_file(path: str) -> Problem | None:
-    """Whether the log file opens as at start (safely, never through a symlink), without creating it."""
+def check_log_file(path: str, setting: str = "log_file") -> Problem | None:
+    """Whether a log file (the log, the access log) opens as at start (safely, never through a symlink),
+    without creating it."""
     try:
         if os.path.lexists(path):
             os.close(open_regular(path, os.O_WRONLY | os.O_APPEND))
@@ -244,7 +245,7 @@ def check_log_file(path: str) -> Problem | None:
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:
-        return Problem(EXIT_USAGE, f"log_file: cannot open {path!r}: {exc.strerror}")
+        return Problem(EXIT_USAGE, f"{setting}: cannot open {path!r}: {exc.strerror}")
     return None
 
 

@@ -12,6 +12,10 @@ file may stay root's, and the workers' user can neither follow a symlink
 through it nor truncate it. Records up to the pipe's atomic size (4096 bytes)
 never interleave; a longer traceback written while another worker logs may.
 
+The ``--wsgi`` access log is opened the same way, by the master, once per
+generation (:class:`AccessLogFile`): its workers inherit the descriptor and
+write their lines to it themselves.
+
 Every process formats its own records with the one formatter :func:`make_formatter`
 gives for ``--log-format``: ``text`` (a line for a person) or ``json`` (one JSON
 object per line). A record may carry a ``stack`` (a worker's Python stack, which
@@ -89,6 +93,42 @@ def open_regular(path: str, flags: int, mode: int = 0o666) -> int:
 def open_log_file(path: str) -> int:
     """The log file's descriptor, opened for appending (created with 0666 less the umask)."""
     return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+
+def open_access_log(path: str) -> int:
+    """An ``--access-log`` file's descriptor, opened for appending as the log file is (created 0644 less the
+    umask): by the master for a generation's workers, and by a worker itself after logrotate moved it."""
+    return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+class AccessLogFile:
+    """The ``--access-log`` file the master opened for one generation; its workers inherit the descriptor.
+
+    So the file may stay root's in a directory only root can write, as the log file
+    may: the workers' user never needs to create it (see http/accesslog.py for how
+    a worker follows a rotation). OSError if it cannot be opened.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = open_access_log(path)
+
+    def reopen(self) -> None:
+        """USR1: open the path again (logrotate moved the file); on failure keep the old one and say why."""
+        try:
+            fd = open_access_log(self.path)
+        except OSError as exc:
+            logging.getLogger(LOGGER_NAME).error(
+                "cannot reopen the access log %s: %s; workers forked from now on get the file opened before",
+                self.path, exc.strerror or exc)
+            return
+        os.close(self.fd)
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def write_all(fd: int, data: bytes) -> None:

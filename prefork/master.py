@@ -26,7 +26,7 @@ from .boot import BootPolicy
 from .errors import EXIT_OK, PreforkError
 from .events import EventPipe
 from .listeners import Listeners
-from .log import Log
+from .log import AccessLogFile, Log
 from .master_view import MasterFds, MasterView
 from .peer import Handler
 from .pidfile import Pidfile, claim
@@ -59,7 +59,8 @@ class Master:
     """The supervisor process. :meth:`run` returns the exit status or raises a PreforkError."""
 
     def __init__(self, settings: Settings, log_: Log, reload_settings: Callable[[], Settings],
-                 preloaded: Handler | None = None, tls_context: SSLContext | None = None) -> None:
+                 preloaded: Handler | None = None, tls_context: SSLContext | None = None,
+                 access_log: AccessLogFile | None = None) -> None:
         self.log = log_
         self.reload_settings = reload_settings
         self.preloaded = preloaded
@@ -73,7 +74,7 @@ class Master:
         self.notifier = Notifier.from_environment(os.environ)  # systemd; takes NOTIFY_SOCKET out of it
         # Which generation serves, and the one on trial during a reload.
         self.gens = Generations(settings, self.listeners, self.table, self.stats, self.notifier, self.count,
-                                tls_context)
+                                tls_context, access_log)
         self.pidfile: Pidfile | None = None
         self.watcher = devreload.Watcher(self.pid)  # --reload's file watcher process
         self.stop = StopState()  # how the server stops (None while it serves); the view and the upgrade read it
@@ -209,6 +210,7 @@ class Master:
 
     def handle_usr1(self) -> None:
         self.log.reopen()
+        self.gens.reopen_access_logs()
         log.info("USR1: log files reopened")
         self.table.signal_all(signal.SIGUSR1)
 

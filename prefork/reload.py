@@ -8,6 +8,10 @@ if one of its workers exits during boot, or a newer HUP supersedes it, it is
 stopped and the serving generation goes on as if nothing happened
 (:meth:`Generations.abandon`). The worker count follows: the new settings'
 ``--workers`` while a reload is on trial, the serving ones' again if it is given up.
+
+What the master loads once per generation for its workers to inherit (:class:`Loaded`:
+the TLS context, the ``--access-log`` file) is loaded with its settings, at start and
+at each HUP, and a HUP that cannot load it is refused like bad settings.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import TYPE_CHECKING
 from . import hooks
 from .errors import ConfigError
 from .listeners import Listeners
-from .log import Log
+from .log import AccessLogFile, Log
+from .record import dataclass
 from .settings import Settings, start_only_changes
 from .stats import Stats
 from .systemd import Notifier
@@ -35,19 +40,34 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork")
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What the master loads once per generation, from its settings, for that generation's workers to inherit."""
+
+    tls_context: SSLContext | None = None
+    access_log: AccessLogFile | None = None  # --wsgi --access-log FILE (None: none, or "-": stdout)
+
+    def close(self) -> None:
+        """The master's copy, once no worker is to be forked for the generation (its workers keep theirs)."""
+        if self.access_log is not None:
+            self.access_log.close()
+
+
 class Generations:
     """The serving generation and its settings, and the generation on trial during a reload."""
 
     def __init__(self, settings: Settings, listeners: Listeners, table: WorkerTable, stats: Stats,
-                 notifier: Notifier, count: WorkerCount, tls_context: SSLContext | None = None) -> None:
+                 notifier: Notifier, count: WorkerCount, tls_context: SSLContext | None = None,
+                 access_log: AccessLogFile | None = None) -> None:
         self.settings = settings
         self.generation = 1
         self.newest = 1  # the last generation started: numbers are never reused (a kept one may still serve)
         self.pending: int | None = None
         self.pending_settings: Settings | None = None
-        # Each generation's TLS context, loaded once from its settings (start, HUP): workers inherit it.
-        self.tls_context: SSLContext | None = tls_context
-        self.pending_tls_context: SSLContext | None = None
+        # Each generation's TLS context and access log, loaded once from its settings (start, HUP): workers
+        # inherit them.
+        self.loaded = Loaded(tls_context, access_log)
+        self.pending_loaded: Loaded | None = None
         # Rolling reloads that stopped half-way (a boot failed, a newer HUP): their booted workers serve
         # on beside the serving generation's, until a reload commits.
         self.kept: frozenset[int] = frozenset()
@@ -80,10 +100,12 @@ class Generations:
         return missing[:self.rollout_room(view)] if self.rolling() else missing
 
     def spawn_missing(self, view: ServerView, boot: BootPolicy, fork_with: ForkWith) -> None:
-        """Fork the :meth:`missing` workers of :meth:`target`, with that generation's settings and TLS context."""
+        """Fork the :meth:`missing` workers of :meth:`target`, with that generation's settings and what was
+        loaded for it."""
         generation = self.target()
+        loaded = self.loaded_for(generation)
         self.table.spawn_missing(generation, self.missing(view), boot, settings_for(view, generation),
-                                 self.context_for(generation), fork_with)
+                                 loaded.tls_context, loaded.access_log, fork_with)
 
     def retire_replaced(self, graceful_timeout: float) -> None:
         """Retire the workers whose replacement booted (--max-requests, memory; a rolling reload's)."""
@@ -92,8 +114,8 @@ class Generations:
             self.table.retire_rolled(self.pending, graceful_timeout)
 
     def read(self, view: ServerView, reload_settings: Callable[[], Settings], log_: Log,
-             preloaded: bool) -> tuple[Settings, SSLContext | None] | None:
-        """The settings a HUP asks for and their TLS context, or None if refused (logged, reported): nothing
+             preloaded: bool) -> tuple[Settings, Loaded] | None:
+        """The settings a HUP asks for and what they load, or None if refused (logged, reported): nothing
         changes."""
         try:
             return read_new_settings(reload_settings, self.settings, log_, preloaded)
@@ -114,10 +136,19 @@ class Generations:
             self.count.reset(new)
         return new
 
-    def context_for(self, generation: int) -> SSLContext | None:
-        return self.pending_tls_context if generation == self.pending else self.tls_context
+    def loaded_for(self, generation: int) -> Loaded:
+        if generation == self.pending and self.pending_loaded is not None:
+            return self.pending_loaded
+        return self.loaded
 
-    def begin(self, view: ServerView, new: Settings, tls_context: SSLContext | None) -> Settings | None:
+    def reopen_access_logs(self) -> None:
+        """USR1: the master opens its access logs again (logrotate moved them): workers forked from now on get
+        the new file; those running switch themselves (http/accesslog.py)."""
+        for loaded in (self.loaded, self.pending_loaded):
+            if loaded is not None and loaded.access_log is not None:
+                loaded.access_log.reopen()
+
+    def begin(self, view: ServerView, new: Settings, loaded: Loaded) -> Settings | None:
         """Put a generation with ``new`` on trial; its settings (binds completed), or None if refused."""
         if self.pending is not None:
             self.abandon(view, "superseded by a newer reload", failed=False)
@@ -126,9 +157,10 @@ class Generations:
         except Exception as exc:  # BindError and friends: keep serving as we were
             log.error("reload refused: %s", exc)
             self.refused(view, str(exc))
+            loaded.close()
             return None
         self.pending = self.newest = self.newest + 1
-        self.pending_settings, self.pending_tls_context = new, tls_context
+        self.pending_settings, self.pending_loaded = new, loaded
         rolling = f", rolling {new.reload_batch} at a time" if new.reload_strategy == "rolling" else ""
         log.info("reloading: starting generation %d (%d workers%s)", self.pending, new.workers, rolling)
         return new
@@ -142,8 +174,10 @@ class Generations:
         assert self.pending is not None and self.pending_settings is not None
         old = self.generation
         self.generation, self.settings = self.pending, self.pending_settings
-        self.tls_context = self.pending_tls_context
-        self.pending, self.pending_settings, self.pending_tls_context = None, None, None
+        assert self.pending_loaded is not None
+        self.loaded.close()
+        self.loaded = self.pending_loaded
+        self.pending, self.pending_settings, self.pending_loaded = None, None, None
         self.kept = frozenset()
         self.listeners.close_unlisted(self.settings, say=True)
         self.stats.reloads += 1
@@ -169,27 +203,33 @@ class Generations:
             self.table.stop_generation(self.pending, self.settings.graceful_timeout)
         if self.pending_settings is not None:
             self.listeners.close_unlisted(self.settings, say=False)
-        self.pending, self.pending_settings, self.pending_tls_context = None, None, None
+        if self.pending_loaded is not None:
+            self.pending_loaded.close()
+        self.pending, self.pending_settings, self.pending_loaded = None, None, None
         self.count.reset(self.settings)
         if failed:
             self.notifier.reload_failed(view, why)
 
 
 def read_new_settings(reload_settings: Callable[[], Settings], current: Settings, log_: Log,
-                      preloaded: bool) -> tuple[Settings, SSLContext | None]:
-    """The settings a HUP asks for, checked, and their TLS context, with the log switched to them;
-    ConfigError refuses the reload."""
+                      preloaded: bool) -> tuple[Settings, Loaded]:
+    """The settings a HUP asks for, checked, and what they load (TLS context, access log), with the log
+    switched to them; ConfigError refuses the reload."""
     new = reload_settings()
     hooks.import_hooks(new)
-    context = load_tls_context(new)
-    switch_log(log_, new)
+    loaded = Loaded(load_tls_context(new), load_access_log(new))
+    try:
+        switch_log(log_, new)
+    except ConfigError:
+        loaded.close()
+        raise
     if preloaded:
         log.warning("--preload: new workers reuse the app loaded at start (%s); "
                     "only a binary upgrade (USR2) loads new app code", current.app)
     unchanged = start_only_changes(current, new)
     if unchanged:
         log.warning("reload: %s only take effect when the master starts (USR2 or restart)", ", ".join(unchanged))
-    return new, context
+    return new, loaded
 
 
 def load_tls_context(settings: Settings) -> SSLContext | None:
@@ -199,6 +239,24 @@ def load_tls_context(settings: Settings) -> SSLContext | None:
     from . import tls
 
     return tls.load_context(settings)
+
+
+def access_log_path(settings: Settings) -> str | None:
+    """The access log file the master opens for a generation of ``settings`` (--wsgi; ``-`` is stdout: none)."""
+    path = settings.access_log
+    return path if settings.wsgi and path and path != "-" else None
+
+
+def load_access_log(settings: Settings) -> AccessLogFile | None:
+    """The ``--access-log`` file ``settings`` ask for, opened now as the log file is (ConfigError if it cannot
+    be)."""
+    path = access_log_path(settings)
+    if path is None:
+        return None
+    try:
+        return AccessLogFile(path)
+    except OSError as exc:
+        raise ConfigError(f"access_log: cannot open {path!r}: {exc.strerror}") from None
 
 
 def switch_log(log_: Log, new: Settings) -> None:

@@ -41,7 +41,7 @@ def load_and_serve(cli_values: dict[str, Any], check: Callable[[Settings], None]
 def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     """Prepare this process as the settings say, then run the master until it stops."""
     from .master import Master  # after the CLI is parsed: keeps --help fast
-    from .reload import load_tls_context
+    from .reload import load_access_log, load_tls_context
 
     identity = privileges.resolve(settings.user, settings.group)
     privileges.check_can_switch(identity)
@@ -50,6 +50,7 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     tls_context = load_tls_context(settings)  # once per settings value: the workers inherit it
     prepare_process(settings)
     log = open_log(settings)
+    access_log = load_access_log(settings)  # by the master, before any --user: the workers inherit it
     hooks.import_hooks(settings)
     if settings.exec:
         check_program(settings)
@@ -64,7 +65,7 @@ def serve(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
         daemon.daemonize()
     try:
         return Master(settings, log, reload_settings=reload_settings, preloaded=preloaded,
-                      tls_context=tls_context).run()
+                      tls_context=tls_context, access_log=access_log).run()
     except PreforkError as exc:
         if detached:
             logging.getLogger("prefork").error("%s", exc)  # our stderr is /dev/null now

@@ -24,7 +24,7 @@ from .connection import Prepare, Refused, make_preparer
 from .errors import WORKER_EXIT_APP, WORKER_EXIT_BOOT, WORKER_EXIT_ERROR, WORKER_EXIT_OK, AppImportError, PreforkError
 from .events import EVENT_BOOTED, EVENT_RETIRE
 from .importer import load_handler
-from .log import Log
+from .log import AccessLogFile, Log
 from .peer import Handler, format_peer
 from .process import open_fds, set_parent_death_signal
 from .record import dataclass
@@ -64,6 +64,7 @@ class WorkerSpec:
     foreign: tuple[Listener, ...]  # listeners that are not ours (closed too)
     server: hooks.Server | None = None  # what the hooks receive as ``server``
     tls_context: SSLContext | None = None  # its generation's, loaded by the master (tls.py)
+    access_log: AccessLogFile | None = None  # its generation's --access-log, opened by the master
     stack_fd: int = -1  # the write end of its stack pipe (stacks.py); -1: faulthandler writes to the log
 
 
@@ -84,6 +85,7 @@ class Worker(AcceptLoops):
         self.events_fd = spec.events_fd
         self.log = spec.log
         self.handler = spec.handler
+        self.access_log = spec.access_log  # what a --wsgi handler bound to us writes its lines to
         self.close_fds = spec.close_fds
         self.foreign = spec.foreign
         self.server = spec.server  # what hooks read of the master (our forked copy), for post_fork

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from .boot import BootPolicy
     from .listeners import Listeners
-    from .log import Log
+    from .log import AccessLogFile, Log
     from .peer import Handler
     from .settings import Settings
     from .stacks import Stacks
@@ -80,7 +80,7 @@ class WorkerTable:
         return WorkerProcess(0, index, generation, slot, time.monotonic())
 
     def spawn(self, index: int, generation: int, settings: Settings, tls_context: SSLContext | None,
-              base: ForkWith) -> None:
+              access_log: AccessLogFile | None, base: ForkWith) -> None:
         """Fork worker ``index`` of ``generation``; OSError if fork failed."""
         record = self.new_record(index, generation)
         if record is None:
@@ -96,7 +96,7 @@ class WorkerTable:
         spec = WorkerSpec(
             settings=settings, listeners=tuple(listeners), scoreboard=self.scoreboard, slot_number=record.slot,
             index=index, generation=generation, master_pid=base.master_pid, events_fd=base.events_fd,
-            log=base.log, handler=base.handler, server=base.server, tls_context=tls_context,
+            log=base.log, handler=base.handler, server=base.server, tls_context=tls_context, access_log=access_log,
             close_fds=(*base.own_fds(), stack_read), stack_fd=stack_write,
             foreign=tuple(lst for lst in base.listeners.all() if lst not in listeners))
         try:
@@ -109,13 +109,13 @@ class WorkerTable:
         base.stacks.watch(stack_read, record)
 
     def spawn_missing(self, generation: int, missing: list[int], boot: BootPolicy, settings: Settings,
-                      tls_context: SSLContext | None, base: ForkWith) -> None:
+                      tls_context: SSLContext | None, access_log: AccessLogFile | None, base: ForkWith) -> None:
         """Fork the workers ``missing`` names for ``generation``, unless the boot back-off says wait."""
         if not missing or not boot.may_spawn(time.monotonic()):
             return
         for index in missing:
             try:
-                self.spawn(index, generation, settings, tls_context, base)
+                self.spawn(index, generation, settings, tls_context, access_log, base)
             except OSError as exc:
                 log.error("fork failed: %s", exc.strerror)
                 boot.fork_failed()

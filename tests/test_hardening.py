@@ -170,6 +170,76 @@ def test_a_fifo_swapped_in_at_reopen_is_refused_and_the_master_goes_on(server: S
     wait_for(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), what="reopened")
 
 
+# --- the --wsgi access log: opened by the master, as safely as the log file ---
+
+
+def access_log_refusal(path: Path) -> str:
+    return f"access_log: cannot open {str(path)!r}: it is a symbolic link, not a regular file (refused)"
+
+
+def test_a_symlink_at_the_access_log_path_is_refused_at_start_and_by_check(tmp_path: Path) -> None:
+    secret, link = tmp_path / "secret", tmp_path / "access.log"
+    secret.write_text("")
+    link.symlink_to(secret)
+    for command in ("run", "check"):
+        result = prefork(command, "--wsgi", "--access-log", str(link), "-b", f"127.0.0.1:{free_port()}",
+                         "wsgiapps:hello")
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.strip().splitlines()[-1] == f"Error: {access_log_refusal(link)}", result.stderr
+    assert secret.read_text() == ""
+    missing = tmp_path / "missing" / "access.log"
+    result = prefork("run", "--wsgi", "--access-log", str(missing), "-b", f"127.0.0.1:{free_port()}", "wsgiapps:hello")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: access_log: cannot open {str(missing)!r}: No such file or directory"], result.stderr
+    fine = tmp_path / "fine.log"
+    result = prefork("check", "--wsgi", "--access-log", str(fine), "-b", f"127.0.0.1:{free_port()}", "wsgiapps:hello")
+    assert result.returncode == 0, result.stderr
+    assert not fine.exists()  # a check creates nothing
+
+
+def test_a_hup_to_an_access_log_behind_a_symlink_is_refused_and_the_old_generation_serves(
+        server: Server, tmp_path: Path) -> None:
+    config, first, link = tmp_path / "app.toml", tmp_path / "first.log", tmp_path / "evil.log"
+    config.write_text(f'workers = 1\nwsgi = true\naccess_log = "{first}"\n')
+    server.start("-c", str(config), app="wsgiapps:hello", workers=None).wait_ready(1)
+    get = b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert server.ask(get).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: first.exists() and "GET /one" in first.read_text(), what="the first line")
+    (tmp_path / "secret").write_text("")
+    link.symlink_to(tmp_path / "secret")
+    config.write_text(f'workers = 1\nwsgi = true\naccess_log = "{link}"\n')
+    serving = server.serving_pids()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in server.log(), what=f"the refusal; log:\n{server.log()}")
+    assert f"reload refused, keeping the running configuration: {access_log_refusal(link)}" in server.log()
+    assert server.serving_pids() == serving and "starting generation 2" not in server.log()
+    assert server.ask(get.replace(b"/one", b"/two")).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: "GET /two" in first.read_text(), what="the old generation's line in the old file")
+    assert (tmp_path / "secret").read_text() == ""
+
+
+def test_a_symlink_swapped_in_for_the_access_log_is_followed_by_neither_master_nor_workers(
+        server: Server, tmp_path: Path) -> None:
+    access, moved, secret = tmp_path / "access.log", tmp_path / "access.log.1", tmp_path / "secret"
+    secret.write_text("")
+    server.start("--wsgi", "--access-log", str(access), app="wsgiapps:hello", workers=1).wait_ready(1)
+    get = b"GET /one HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert server.ask(get).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: access.exists() and "GET /one" in access.read_text(), what="the first line")
+    access.rename(moved)
+    access.symlink_to(secret)
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: "USR1: log files reopened" in server.log(), what="the reopen")
+    assert (f"cannot reopen the access log {access}: it is a symbolic link, not a regular file (refused)"
+            in server.log())
+    said = f"cannot open the access log {access} as uid 0: it is a symbolic link, not a regular file (refused)"
+    wait_for(lambda: server.ask(get.replace(b"/one", b"/two")) and said in server.log(), 20, interval=0.2,
+             what=f"the worker's refusal; log:\n{server.log()}")
+    wait_for(lambda: "GET /two" in moved.read_text(), what="the lines in the old file")
+    assert secret.read_text() == "" and server.log().count(said) == 1
+
+
 # --- the pid file: locked for the master's life (defect 2) ---
 
 

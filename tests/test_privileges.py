@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,22 +70,120 @@ def test_user_nobody_gives_workers_that_uid_and_no_root_ids(server: Server) -> N
     assert server.ask_pid() in server.worker_pids()
 
 
-@needs_root
-def test_an_access_log_the_worker_user_cannot_open_is_an_error_in_the_log(server: Server, tmp_path: Path) -> None:
-    """Workers open --access-log as --user: a directory they cannot write is said once, never silently lost."""
-    access = tmp_path / "private" / "access.log"
-    access.parent.mkdir(mode=0o700)  # root's: nobody cannot create the file in it
+GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+CANNOT_OPEN = "cannot open the access log"
+
+
+def get(server: Server, target: str = "/") -> None:
+    answer = request(server.address, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+                     timeout=10)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+
+
+def lines_of(path: Path, target: str) -> int:
+    """How many access log lines in ``path`` are for ``GET target``."""
+    return path.read_text().count(f'"GET {target} HTTP/1.1"') if path.exists() else 0
+
+
+def get_until_logged(server: Server, path: Path, target: str, timeout: float = 20.0) -> None:
+    """Request ``target`` until its line is in ``path`` (a worker checks for a rotation once a second)."""
+    wait_for(lambda: get(server, target) or lines_of(path, target) > 0, timeout, interval=0.2,
+             what=f"a line for {target} in {path}; log:\n{server.log()}")
+
+
+def start_nobody_with_access_log(server: Server, access: Path, *args: str) -> None:
     # --preload: nobody cannot read this interpreter's standard library under /root to import the app.
-    server.start("--user", "nobody", "--preload", "--wsgi", "--access-log", str(access), app="wsgiapps:hello",
-                 workers=1)
+    server.start("--user", "nobody", "--preload", "--wsgi", "--access-log", str(access), *args,
+                 app="wsgiapps:hello", workers=1)
     server.wait_ready(1)
+
+
+@needs_root
+def test_workers_of_another_user_write_an_access_log_in_a_directory_only_root_can_enter(
+        server: Server, tmp_path: Path) -> None:
+    """The master opens --access-log before any --user: nobody writes a root-owned file it could not create,
+    and logrotate's copytruncate needs no signal."""
+    access = tmp_path / "private" / "access.log"
+    access.parent.mkdir(mode=0o700)  # root's: nobody can neither create nor even see the file
+    start_nobody_with_access_log(server, access)
     for _ in range(3):
-        assert request(server.address, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                       timeout=10).startswith(b"HTTP/1.1 200")
-    said = f"cannot open the access log {access} as uid {NOBODY.pw_uid}: Permission denied"
-    wait_for(lambda: said in server.log(), what="the access log error")
-    assert server.log().count(said) == 1, server.log()
-    assert not access.exists()
+        get(server)
+    wait_for(lambda: lines_of(access, "/") == 3, what=f"3 lines in the access log; log:\n{server.log()}")
+    assert access.stat().st_uid == 0 and stat.S_IMODE(access.stat().st_mode) == 0o644  # never chowned
+    assert CANNOT_OPEN not in server.log()
+    (worker,) = server.workers()
+    held = {os.path.realpath(f"/proc/{worker.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{worker.pid}/fd")}
+    assert str(access) in held  # inherited from the master
+    # copytruncate: the same file, emptied; O_APPEND writes go on at its new end.
+    (access.parent / "access.log.1").write_bytes(access.read_bytes())
+    os.truncate(access, 0)
+    get(server, "/after-truncate")
+    wait_for(lambda: access.read_text().startswith("127.0.0.1 ") and lines_of(access, "/after-truncate") == 1,
+             what=f"the next line at the start of the truncated file: {access.read_text()!r}")
+    assert lines_of(access, "/") == 0
+
+
+@needs_root
+def test_after_rename_and_usr1_workers_that_cannot_open_the_new_file_say_so_once_and_keep_the_old(
+        server: Server) -> None:
+    with shared_dir() as logs:  # root's, 0755: nobody may look, not create
+        access, moved = logs / "access.log", logs / "access.log.1"
+        start_nobody_with_access_log(server, access)
+        get_until_logged(server, access, "/before")
+        worker = server.worker_pids()
+        access.rename(moved)  # logrotate without copytruncate
+        server.signal(signal.SIGUSR1)
+        wait_for(lambda: "USR1: log files reopened" in server.log() and access.exists(), what="the master's reopen")
+        assert access.stat().st_uid == 0 and access.read_text() == ""  # the master's new file
+        said = f"{CANNOT_OPEN} {access} as uid {NOBODY.pw_uid}: Permission denied; writing to the old file"
+        wait_for(lambda: get(server, "/after") or said in server.log(), 20, interval=0.2,
+                 what=f"the worker's refusal; log:\n{server.log()}")
+        later = time.monotonic() + 2.5  # requests through two more checks (once a second): they try again
+        wait_for(lambda: get(server, "/later") or time.monotonic() > later, interval=0.2, what="2.5 s of requests")
+        wait_for(lambda: lines_of(moved, "/later") >= 2, what="the later lines")
+        assert lines_of(moved, "/after") >= 1 and access.read_text() == ""  # all in the file it has
+        assert server.log().count(f"{CANNOT_OPEN} {access}") == 1, server.log()
+        assert server.worker_pids() == worker
+
+
+@needs_root
+def test_after_rename_and_usr1_workers_switch_to_a_file_logrotate_created_for_them(server: Server) -> None:
+    with shared_dir() as logs:
+        access, moved = logs / "access.log", logs / "access.log.1"
+        start_nobody_with_access_log(server, access)
+        get_until_logged(server, access, "/before")
+        worker = server.worker_pids()
+        access.rename(moved)
+        access.touch(mode=0o640)  # logrotate's "create 0640 nobody nogroup"
+        os.chown(access, NOBODY.pw_uid, NOBODY.pw_gid)
+        server.signal(signal.SIGUSR1)
+        wait_for(lambda: "USR1: log files reopened" in server.log(), what="the master's reopen")
+        get_until_logged(server, access, "/after")
+        assert lines_of(moved, "/before") == 1
+        assert access.stat().st_uid == NOBODY.pw_uid  # the file as logrotate made it
+        assert CANNOT_OPEN not in server.log(), server.log()
+        assert server.worker_pids() == worker  # the same worker switched itself
+
+
+@needs_root
+def test_a_hup_gives_the_new_generation_a_fresh_access_log_in_a_directory_only_root_can_enter(
+        server: Server, tmp_path: Path) -> None:
+    """logrotate's ``postrotate systemctl reload``: rename, HUP; the new workers write to a file the master
+    created, while the old ones finish on the moved one."""
+    access = tmp_path / "private" / "access.log"
+    access.parent.mkdir(mode=0o700)
+    moved = access.parent / "access.log.1"
+    start_nobody_with_access_log(server, access)
+    get_until_logged(server, access, "/before")
+    old = server.worker_pids()
+    access.rename(moved)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "reload done" in server.log() and server.serving_pids() and not server.serving_pids() & old,
+             30, what=f"generation 2 serving; log:\n{server.log()}")
+    get_until_logged(server, access, "/after")
+    assert access.stat().st_uid == 0
+    assert lines_of(moved, "/before") == 1 and lines_of(moved, "/after") == 0
+    assert CANNOT_OPEN not in server.log(), server.log()
 
 
 @needs_root

@@ -11,8 +11,12 @@ time (RFC 3339), remote_addr, method, path, query, protocol, status, bytes,
 duration (seconds), referer, user_agent, pid; the format string is not used.
 
 Each line is one ``write()`` to a file opened with O_APPEND, so lines from all
-workers interleave whole. The file is reopened when it was moved (logrotate),
-which is checked at most once a second.
+workers interleave whole. The master opens the file, once per generation and
+before any ``--user`` (log.AccessLogFile), and a worker writes to the descriptor
+it inherited: the workers' user never needs to create it. When the path names
+another file (logrotate moved it; checked at most once a second), the worker
+opens it itself, as the master would (never through a symlink): if its user
+cannot, it says so once and goes on writing to the file it has.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..log import rfc3339
+from ..log import open_access_log, rfc3339
 from .response import Exchange
 
 log = logging.getLogger("prefork")
@@ -93,14 +97,20 @@ def json_line(environ: dict[str, Any], exchange: Exchange, started: float, finis
 
 
 class AccessLog:
-    """Where lines go: a file (reopened after rotation) or stdout (``-``)."""
+    """Where lines go: a file (``fd``: the master's, inherited; reopened after rotation) or stdout (``-``).
 
-    def __init__(self, path: str, line_format: str, as_json: bool = False) -> None:
+    Without ``fd`` (a handler not bound to a worker) the file is opened at the first line.
+    """
+
+    def __init__(self, path: str, line_format: str, as_json: bool = False, fd: int = -1) -> None:
         self.path = path
         self.format = line_format
         self.as_json = as_json
-        self.fd = -1
+        self.fd = fd
         self.inode = (0, 0)
+        if fd != -1:
+            info = os.fstat(fd)
+            self.inode = (info.st_dev, info.st_ino)
         self.checked = 0.0
         self.lock = threading.Lock()  # threads (--threads) must not reopen the file at once
         self.failure: str | None = None  # why the last open failed, said once
@@ -140,14 +150,19 @@ class AccessLog:
         self.failure = None
 
     def reopen_if_moved(self) -> None:
+        """Open the path as this process if it names another file than ours (or none: moved away)."""
         try:
             info = os.stat(self.path)
             current = (info.st_dev, info.st_ino)
-        except OSError:
+        except FileNotFoundError:
             current = (0, 0)
+        except OSError:
+            if self.fd != -1:
+                return  # a directory closed to our user: no telling, go on with the file we have
+            raise
         if self.fd != -1 and current == self.inode:
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_access_log(self.path)
         if self.fd != -1:
             os.close(self.fd)
         self.fd = fd

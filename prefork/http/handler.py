@@ -38,6 +38,8 @@ from .response import AppHeads, Exchange, FileWrapper, error_response
 if TYPE_CHECKING:
     from ssl import SSLSocket
 
+    from ..log import AccessLogFile
+
 log = logging.getLogger("prefork")
 
 RECV_SIZE = 65536
@@ -48,7 +50,10 @@ LINGER_SECONDS = 2.0  # after an error answer, how long we still read what the c
 
 
 class Host(Protocol):
-    """What the handler asks its worker between requests (prefork.worker.Worker)."""
+    """What the handler asks its worker between requests (prefork.worker.Worker), and the access log file
+    the master opened for the worker's generation."""
+
+    access_log: AccessLogFile | None
 
     def should_release(self) -> bool: ...
 
@@ -56,7 +61,9 @@ class Host(Protocol):
 
 
 class Alone:
-    """The host of a handler not bound to a worker: nobody else waits, never stopping."""
+    """The host of a handler not bound to a worker: nobody else waits, never stopping; no file inherited."""
+
+    access_log: AccessLogFile | None = None
 
     def should_release(self) -> bool:
         return False
@@ -94,8 +101,7 @@ class WSGIHandler:
         self.settings = settings
         self.config = HTTPConfig.from_settings(settings)
         self.host: Host = host or Alone()
-        self.access = (AccessLog(settings.access_log, settings.access_log_format, settings.log_format == "json")
-                       if settings.access_log else None)
+        self.access = make_access_log(settings, self.host.access_log)
         self.date_cache: list[Any] = [0, b""]  # [second, Date line]: replaced whole, safe across threads
         self.heads = AppHeads()
         self.header_keys: dict[bytes, str] = {}  # field name -> environ key (environ.add_headers)
@@ -110,6 +116,18 @@ class WSGIHandler:
     def open(self, conn: socket.socket, addr: Any) -> HTTPConnection:
         """The connection, for a worker that keeps it between requests (prefork.keepalive)."""
         return HTTPConnection(self, conn, addr)
+
+
+def make_access_log(settings: Settings, inherited: AccessLogFile | None) -> AccessLog | None:
+    """Where this handler writes its access log: the file its worker inherited from the master, if any (the
+    master opens it, so --user needs no right to create it); else stdout (``-``), or the file ``settings`` name
+    opened by this process (a handler not bound to a worker)."""
+    as_json = settings.log_format == "json"
+    if inherited is not None:
+        return AccessLog(inherited.path, settings.access_log_format, as_json, inherited.fd)
+    if settings.access_log:
+        return AccessLog(settings.access_log, settings.access_log_format, as_json)
+    return None
 
 
 class HTTPConnection:
