@@ -132,9 +132,28 @@ class KeptLoop:
                 self.turn()
         finally:
             try:
+                self.take_what_woke_us()
                 self.close_all()
             finally:
                 self.poller.close()
+
+    def take_what_woke_us(self) -> None:
+        """Leaving: accept a connection that epoll woke only us for, or it could wait for ever.
+
+        EPOLLEXCLUSIVE wakes one waiting worker per new connection. When TERM (a reload,
+        TTOU, --max-requests' replacement) raised StopServing out of the wait that such a
+        connection ended, no other worker was woken for it: with nobody else arriving it
+        stayed queued (seen: a client waiting 10 s on an idle new worker). Its first request
+        is answered with ``Connection: close``; the rest of the queue is the others' (or the
+        stop's drain).
+        """
+        try:
+            events = self.poller.poll(0)
+        except OSError:
+            return
+        for fd, _ in events:
+            if fd in self.listeners:
+                self.accept(fd)
 
     def turn(self) -> None:
         """Wait; accept one connection per ready listener; answer one kept request; close the expired."""
@@ -152,9 +171,8 @@ class KeptLoop:
                 ready[fd] = None  # one already there keeps its place
             elif fd in listeners:
                 accept.append(fd)
-        for fd in accept:
-            if worker.alive:
-                self.accept(fd)
+        for fd in accept:  # even when told to stop meanwhile: see take_what_woke_us
+            self.accept(fd)
         now = time.monotonic()
         if ready and worker.alive:
             due = self.next_ready(now)
