@@ -263,7 +263,6 @@ def test_dump_of_a_worker_that_exits_before_writing_ends_at_once(server: Server,
     pidfile = tmp_path / "web.pid"
     server.start("--pid", str(pidfile), app="deafapps:pid", workers=1).wait_ready(1)
     (worker,) = server.worker_pids()
-    started = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFORK_")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
     dump = subprocess.Popen([sys.executable, "-m", "prefork", "dump", "--pid", str(pidfile), "--timeout", "60"],
@@ -271,10 +270,9 @@ def test_dump_of_a_worker_that_exits_before_writing_ends_at_once(server: Server,
     try:
         wait_for(lambda: pending_signals(worker) & (1 << (signal.SIGUSR2 - 1)), 30, what="the dump signal pending")
         os.kill(worker, signal.SIGKILL)
-        out, err = dump.communicate(timeout=30)
+        out, err = dump.communicate(timeout=30)  # well within its --timeout 60: it did not wait that out
     finally:
         dump.kill()
-    assert time.monotonic() - started < 60  # it did not wait out its --timeout
     assert dump.returncode == 6, (out, err)
     assert f"worker 0 gen 1 (pid {worker}) exited before its stack was fetched" in err, (out, err)
 
